@@ -77,13 +77,17 @@ class SelfAttention(nn.Module):
         global_mask: Tensor | None = None,
     ) -> Tensor:
         """``x`` (B, N, D); masks bool (B, N): True = padding / True = global token."""
+        self.check_input(x, key_padding_mask, global_mask)
+        q, k, v = self.project_qkv(x)
+        out = self.attend(q, k, v, key_padding_mask=key_padding_mask, global_mask=global_mask)
+        return self.finish(out, key_padding_mask)
+
+    def check_input(self, x: Tensor, key_padding_mask: Tensor | None,
+                    global_mask: Tensor | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"{type(self).__name__} expects x of shape (batch, seq_len, "
                              f"{self.embed_dim}), got {tuple(x.shape)}")
         check_masks(x, key_padding_mask, global_mask)
-        q, k, v = self.project_qkv(x)
-        out = self.attend(q, k, v, key_padding_mask=key_padding_mask, global_mask=global_mask)
-        return self.finish(out, key_padding_mask)
 
     def finish(self, out: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         """Merge heads, project out, and zero the padded positions (B, H, N, d) -> (B, N, D)."""

@@ -54,10 +54,11 @@ def reference_attention(
 
     Rows with no allowed key give zeros.
     """
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    dt = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(dt) @ k.to(dt).transpose(-1, -2)) * q.shape[-1] ** -0.5
     if allowed is not None:
         if allowed.dim() == 3:
             allowed = allowed[:, None]
         scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return (weights @ v.float()).to(q.dtype)
+    return (weights @ v.to(dt)).to(q.dtype)

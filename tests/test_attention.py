@@ -1,0 +1,323 @@
+"""The attention backends against naive references, and the invariances users rely on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention_arena.attention import (
+    SelfAttention,
+    available_attentions,
+    build_attention,
+    reference_attention,
+    register_attention,
+)
+from attention_arena.attention.linformer import linformer_attention
+from attention_arena.attention.longformer import sliding_window_attention
+from attention_arena.attention.performer import favor_attention, orthogonal_random_features
+from attention_arena.attention.registry import _REGISTRY
+
+BACKENDS = ["full", "linformer", "longformer", "performer"]
+D, H = 32, 4
+
+
+def make(name: str, **kw) -> SelfAttention:
+    torch.manual_seed(0)
+    defaults = {"linformer": {"k": 16, "max_len": 256}, "longformer": {"window": 8},
+                "performer": {"num_features": 64}}
+    return build_attention(name, embed_dim=D, num_heads=H, **{**defaults.get(name, {}), **kw})
+
+
+def qkv(B=2, N=40, d=8, dtype=torch.float64, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, N, d, generator=g, dtype=dtype) * scale for _ in range(3)]
+
+
+# --- registry and shared API ------------------------------------------------------------------
+
+def test_registry_lists_the_four_backends():
+    assert set(BACKENDS) <= set(available_attentions())
+
+
+def test_unknown_backend_names_the_valid_ones():
+    with pytest.raises(ValueError, match="valid names: .*full.*linformer.*longformer.*performer"):
+        build_attention("flash9000", embed_dim=D, num_heads=H)
+
+
+def test_a_new_backend_is_one_decorator():
+    @register_attention("mean_pool_test")
+    class MeanPool(SelfAttention):
+        def attend(self, q, k, v, key_padding_mask=None, global_mask=None):
+            return v.mean(dim=2, keepdim=True).expand_as(v)
+
+    try:
+        assert "mean_pool_test" in available_attentions()
+        y = build_attention("mean_pool_test", embed_dim=D, num_heads=H)(torch.randn(2, 5, D))
+        assert y.shape == (2, 5, D)
+    finally:
+        _REGISTRY.pop("mean_pool_test")
+
+
+def test_bad_options_give_clear_errors():
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        build_attention("full", embed_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="positive even"):
+        build_attention("longformer", embed_dim=D, num_heads=H, window=7)
+    with pytest.raises(ValueError, match="positive even"):
+        build_attention("longformer", embed_dim=D, num_heads=H, window=0)
+    with pytest.raises(ValueError, match="k=64 is larger than max_len=32"):
+        build_attention("linformer", embed_dim=D, num_heads=H, k=64, max_len=32)
+    with pytest.raises(TypeError, match="Valid options: .*window"):
+        build_attention("longformer", embed_dim=D, num_heads=H, windw=8)
+    attn = make("linformer", max_len=32)
+    with pytest.raises(ValueError, match="exceeds linformer max_len=32"):
+        attn(torch.randn(1, 33, D))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_bad_masks_are_rejected(name):
+    attn, x = make(name), torch.randn(2, 10, D)
+    with pytest.raises(TypeError, match="bool"):
+        attn(x, key_padding_mask=torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="shape"):
+        attn(x, key_padding_mask=torch.zeros(2, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="expects x of shape"):
+        attn(torch.randn(2, 10, D + 1))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_weights_move_between_backends(name):
+    full, other = make("full"), make(name)
+    assert {"q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight"} <= set(
+        other.state_dict())
+    missing, unexpected = other.load_state_dict(full.state_dict(), strict=False)
+    assert not unexpected
+    assert all(not m.endswith("_proj.weight") or "proj_" in m for m in missing)
+    assert torch.equal(other.q_proj.weight, full.q_proj.weight)
+
+
+# --- exactness against naive references -------------------------------------------------------
+
+def banded_reference(q, k, v, window, key_padding_mask=None, global_mask=None):
+    """Dense O(N²) Longformer: |i - j| <= window/2, plus global rows and columns."""
+    B, _, N, _ = q.shape
+    i = torch.arange(N)
+    allowed = ((i[:, None] - i[None, :]).abs() <= window // 2).expand(B, N, N).clone()
+    keep = torch.ones(B, N, dtype=torch.bool) if key_padding_mask is None else ~key_padding_mask
+    if global_mask is not None:
+        g = global_mask & keep
+        allowed |= g[:, None, :] | g[:, :, None]
+    return reference_attention(q, k, v, allowed & keep[:, None, :])
+
+
+def masks(B, N):
+    pad = torch.zeros(B, N, dtype=torch.bool)
+    pad[1, N - N // 3:] = True
+    glob = torch.zeros(B, N, dtype=torch.bool)
+    glob[:, 0] = True
+    glob[0, N // 2] = True
+    return pad, glob
+
+
+@pytest.mark.parametrize("N,window,block", [(40, 8, None), (100, 10, None), (257, 64, None),
+                                            (300, 32, 16), (77, 2, None), (130, 128, None)])
+def test_longformer_equals_dense_banded_reference(N, window, block):
+    q, k, v = qkv(N=N)
+    pad, glob = masks(2, N)
+    for p, g in [(None, None), (pad, None), (None, glob), (pad, glob)]:
+        out = sliding_window_attention(q, k, v, window, p, g, block=block)
+        ref = banded_reference(q, k, v, window, p, g)
+        real = torch.ones(2, N, dtype=torch.bool) if p is None else ~p
+        torch.testing.assert_close(out * real[:, None, :, None], ref * real[:, None, :, None],
+                                   atol=1e-10, rtol=0)
+
+
+def test_longformer_with_window_over_2n_equals_full():
+    full, local = make("full"), make("longformer", window=128)
+    local.load_state_dict(full.state_dict())
+    x = torch.randn(2, 40, D)
+    pad, glob = masks(2, 40)
+    real = ~pad[..., None]
+    torch.testing.assert_close(local(x, pad, glob) * real, full(x, pad) * real, atol=1e-5, rtol=0)
+    torch.testing.assert_close(local(x), full(x), atol=1e-5, rtol=0)
+
+
+def test_linformer_with_identity_projection_equals_full():
+    N = 24
+    full, lin = make("full"), make("linformer", k=N, max_len=N)
+    lin.load_state_dict(full.state_dict(), strict=False)
+    with torch.no_grad():
+        lin.proj_k.copy_(torch.eye(N))
+        lin.proj_v.copy_(torch.eye(N))
+    x = torch.randn(2, N, D)
+    torch.testing.assert_close(lin(x), full(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("share_kv", [False, True])
+def test_linformer_module_equals_functional_core(share_kv):
+    attn = make("linformer", share_kv=share_kv).double()
+    x = torch.randn(2, 50, D, dtype=torch.float64)
+    pad, _ = masks(2, 50)
+    q, k, v = (attn.split_heads(p(x)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    proj_v = attn.proj_k if share_kv else attn.proj_v
+    ref = attn.finish(linformer_attention(q, k, v, attn.proj_k, proj_v, pad), pad)
+    torch.testing.assert_close(attn(x, key_padding_mask=pad), ref, atol=1e-12, rtol=0)
+
+
+def explicit_favor(q, k, v, w, key_padding_mask=None, eps=1e-4):
+    """φ(Q) φ(K)ᵀ written out as an N × N matrix, in float64."""
+    d = q.shape[-1]
+
+    def phi(x, per_row, keep=None):
+        x = x.double() * d**-0.25
+        e = x @ w.double().T - 0.5 * (x * x).sum(-1, keepdim=True)
+        if keep is not None:
+            e = e.masked_fill(~keep[:, None, :, None], float("-inf"))
+        c = e.amax(-1, keepdim=True) if per_row else e.amax((-1, -2), keepdim=True)
+        f = torch.exp(e - c) + eps
+        return f if keep is None else f * keep[:, None, :, None]
+
+    keep = None if key_padding_mask is None else ~key_padding_mask
+    a = phi(q, True) @ phi(k, False, keep).transpose(-1, -2)  # (B, H, N, N)
+    return (a @ v.double()) / a.sum(-1, keepdim=True)
+
+
+def test_performer_equals_explicit_feature_computation():
+    q, k, v = qkv(N=60, d=16, dtype=torch.float32)
+    w = orthogonal_random_features(48, 16, torch.Generator().manual_seed(1))
+    pad, _ = masks(2, 60)
+    for p in (None, pad):
+        torch.testing.assert_close(favor_attention(q, k, v, w, p).double(),
+                                   explicit_favor(q, k, v, w, p), atol=1e-5, rtol=1e-4)
+
+
+def test_performer_error_shrinks_with_more_features():
+    errors = []
+    for m in (16, 64, 256):
+        err = 0.0
+        for seed in range(4):
+            q, k, v = qkv(B=1, N=256, d=32, dtype=torch.float32, scale=0.5, seed=seed)
+            w = orthogonal_random_features(m, 32, torch.Generator().manual_seed(seed))
+            exact = reference_attention(q, k, v)
+            err += ((favor_attention(q, k, v, w) - exact).norm() / exact.norm()).item()
+        errors.append(err / 4)
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_orthogonal_features_are_orthogonal_within_blocks():
+    w = orthogonal_random_features(64, 32, torch.Generator().manual_seed(0))
+    block = w[:32] / w[:32].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(block @ block.T, torch.eye(32), atol=1e-5, rtol=0)
+
+
+def test_performer_redraws_deterministically_in_training_only():
+    a = make("performer", redraw_interval=2, seed=7)
+    b = make("performer", redraw_interval=2, seed=7)
+    x = torch.randn(1, 8, D)
+    first = a.projection.clone()
+    a.train()
+    a(x)
+    a(x)
+    assert torch.equal(a.projection, first)  # redrawn at the start of the 3rd call
+    a(x)
+    assert not torch.equal(a.projection, first)
+    b.train()
+    for _ in range(3):
+        b(x)
+    assert torch.equal(a.projection, b.projection)
+    a.eval()
+    fixed = a.projection.clone()
+    for _ in range(5):
+        a(x)
+    assert torch.equal(a.projection, fixed)
+    assert not torch.equal(make("performer", seed=1).projection, make("performer", seed=2).projection)
+
+
+def test_performer_is_stable_with_large_norms():
+    q, k, v = qkv(N=128, d=16, dtype=torch.float32, scale=30.0)
+    w = orthogonal_random_features(64, 16, torch.Generator().manual_seed(0))
+    pad, _ = masks(2, 128)
+    assert torch.isfinite(favor_attention(q, k, v, w, pad)).all()
+
+
+# --- invariances and robustness, every backend ------------------------------------------------
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_padding_does_not_change_real_outputs(name):
+    attn = make(name).double().eval()
+    x = torch.randn(2, 30, D, dtype=torch.float64)
+    glob = torch.zeros(2, 30, dtype=torch.bool)
+    glob[:, 0] = True
+    base = attn(x, torch.zeros(2, 30, dtype=torch.bool), glob)
+    for extra in (1, 17, 70):
+        xp = torch.cat([x, torch.randn(2, extra, D, dtype=torch.float64) * 100], dim=1)
+        pad = torch.zeros(2, 30 + extra, dtype=torch.bool)
+        pad[:, 30:] = True
+        gp = torch.cat([glob, torch.zeros(2, extra, dtype=torch.bool)], dim=1)
+        out = attn(xp, pad, gp)
+        torch.testing.assert_close(out[:, :30], base, atol=1e-10, rtol=0)
+        assert (out[:, 30:] == 0).all()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_all_padding_rows_give_zeros_not_nan(name):
+    attn = make(name)
+    x = torch.randn(2, 20, D, requires_grad=True)
+    pad = torch.zeros(2, 20, dtype=torch.bool)
+    pad[0] = True
+    glob = torch.zeros(2, 20, dtype=torch.bool)
+    glob[:, 0] = True
+    y = attn(x, pad, glob)
+    assert torch.isfinite(y).all() and (y[0] == 0).all()
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_full_core_gives_zeros_for_rows_without_keys():
+    from attention_arena.attention import full_attention
+
+    q, k, v = qkv(N=10, dtype=torch.float32)
+    pad = torch.zeros(2, 10, dtype=torch.bool)
+    pad[1] = True
+    out = full_attention(q, k, v, pad)
+    assert (out[1] == 0).all() and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gradients_reach_every_parameter(name):
+    attn = make(name).train()
+    x = torch.randn(2, 24, D, requires_grad=True)
+    pad, glob = masks(2, 24)
+    attn(x, pad, glob).pow(2).sum().backward()
+    for pname, p in attn.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", BACKENDS)
+def test_autocast_at_16k_with_long_padded_tail(name, dtype):
+    N = 16384
+    kw = {"linformer": {"max_len": N, "k": 64}, "longformer": {"window": 64},
+          "performer": {"num_features": 32}}.get(name, {})
+    attn = build_attention(name, embed_dim=16, num_heads=2, **kw)
+    x = torch.randn(1, N, 16) * 3
+    pad = torch.zeros(1, N, dtype=torch.bool)
+    pad[:, 1000:] = True
+    glob = torch.zeros(1, N, dtype=torch.bool)
+    glob[:, 0] = True
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        y = attn(x, pad, glob)
+    assert torch.isfinite(y).all()
+    assert y[:, :1000].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_autocast_backward_is_finite(name):
+    attn = make(name)
+    x = torch.randn(2, 64, D, requires_grad=True)
+    pad, glob = masks(2, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x, pad, glob)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
