@@ -42,7 +42,8 @@ class SelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(f"embed_dim ({embed_dim}) and num_heads ({num_heads}) must be positive")
+            raise ValueError(f"embed_dim ({embed_dim}) and num_heads ({num_heads}) "
+                             "must be positive")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
                              f"choose e.g. num_heads={_divisor_near(embed_dim, num_heads)}")

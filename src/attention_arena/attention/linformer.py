@@ -1,4 +1,4 @@
-"""Linformer attention: keys and values projected along the sequence to ``k`` rows (Wang et al. 2020).
+"""Linformer attention: keys and values projected along the sequence to k rows (Wang et al. 2020).
 
 K′ = Eᵀ K and V′ = Fᵀ V with learned E, F of shape (max_len, k), shared across heads; queries
 attend to the k projected rows: O(N · k) time and memory. Sequences shorter than ``max_len`` use
@@ -99,4 +99,5 @@ class LinformerAttention(SelfAttention):
         return out
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, k={self.k}, max_len={self.max_len}, share_kv={self.share_kv}"
+        return (f"{super().extra_repr()}, k={self.k}, max_len={self.max_len}, "
+                f"share_kv={self.share_kv}")

@@ -58,7 +58,7 @@ def get_attention_class(name: str) -> type[nn.Module]:
 
 
 def build_attention(name: str, **kwargs) -> nn.Module:
-    """Build a backend by name, e.g. ``build_attention("longformer", embed_dim=256, num_heads=4)``."""
+    """Build a backend by name: ``build_attention("longformer", embed_dim=256, num_heads=4)``."""
     cls = get_attention_class(name)
     try:
         return cls(**kwargs)
