@@ -48,7 +48,7 @@ class _PositiveFeatures(torch.autograd.Function):
         half_sq = 0.5 * (x * x).sum(-1, keepdim=True)  # (B, H, N, 1)
         if keep is not None:  # padded keys: exponent -inf, feature 0
             half_sq = half_sq.masked_fill(~keep[:, None, :, None], float("inf"))
-        e = x @ w.T  # (B, H, N, m)
+        e = (x.flatten(0, -2) @ w.T).view(*x.shape[:-1], -1)  # (B, H, N, m), one GEMM
         row_max = e.amax(-1, keepdim=True) - half_sq  # max of each row's exponent
         c = row_max if per_row else row_max.amax(-2, keepdim=True)
         e.sub_(half_sq + c.clamp_min(-1e4)).exp_()  # clamp: finite for all-padding rows
@@ -59,7 +59,8 @@ class _PositiveFeatures(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, w, e = ctx.saved_tensors
         ge = grad * e
-        return ge @ w - x * ge.sum(-1, keepdim=True), None, None, None
+        grad_x = (ge.flatten(0, -2) @ w).view_as(x)
+        return grad_x.sub_(x * ge.sum(-1, keepdim=True)), None, None, None
 
 
 def _positive_features(x: Tensor, w: Tensor, keep: Tensor | None, per_row: bool) -> Tensor:
@@ -89,7 +90,8 @@ def favor_attention(
         if keep is not None:
             v1 = v1 * keep[:, None, :, None]  # padded rows: no value, no count
         # [Σ φ(k) vᵀ | Σ φ(k)] with φ(k) = ek + ε on real keys: (B, H, m, d + 1)
-        kv = ek.transpose(-1, -2) @ v1 + eps * v1.sum(-2, keepdim=True)
+        # (v1ᵀ ek)ᵀ rather than ekᵀ v1: the gradient reaching ek is then contiguous
+        kv = (v1.transpose(-1, -2) @ ek).transpose(-1, -2) + eps * v1.sum(-2, keepdim=True)
         # φ(q) = eq + ε: [numerator | denominator] (B, H, N, d + 1)
         out = eq @ kv + eps * kv.sum(-2, keepdim=True)
         numerator, denominator = out[..., :-1], out[..., -1:]

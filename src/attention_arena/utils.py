@@ -1,0 +1,43 @@
+"""Small helpers shared by the training script and tests: OmegaConf resolvers, formatting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def round_up(value: int, multiple: int | None = 1) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (``None``/0/1: unchanged)."""
+    value = int(value)
+    multiple = int(multiple or 1)
+    return value if multiple <= 1 else math.ceil(value / multiple) * multiple
+
+
+def auto_precision() -> str:
+    """``bf16-mixed`` where a CUDA GPU with bf16 is present, else ``32-true``."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def register_resolvers() -> None:
+    """Register the ``arena.*`` resolvers used in ``conf/`` (idempotent)."""
+    for name, fn in (("arena.round_up", round_up), ("arena.auto_precision", auto_precision)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def format_table(rows: Mapping[str, Any]) -> str:
+    """A two-column text table of ``rows``; floats with 4 decimals."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "-" if v is None else str(v)
+
+    width = max(len(k) for k in rows)
+    return "\n".join(f"  {k:<{width}}  {fmt(v)}" for k, v in rows.items())
