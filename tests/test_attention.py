@@ -132,6 +132,16 @@ def test_longformer_equals_dense_banded_reference(N, window, block):
                                    atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("N", [20, 64, 100])
+def test_longformer_dense_and_blocked_paths_agree(N):
+    q, k, v = qkv(N=N)
+    pad, glob = masks(2, N)
+    real = ~pad[:, None, :, None]
+    dense = sliding_window_attention(q, k, v, 16, pad, glob)  # N <= 3 blocks of 64: dense
+    blocked = sliding_window_attention(q, k, v, 16, pad, glob, block=4)
+    torch.testing.assert_close(dense * real, blocked * real, atol=1e-10, rtol=0)
+
+
 def test_longformer_with_window_over_2n_equals_full():
     full, local = make("full"), make("longformer", window=128)
     local.load_state_dict(full.state_dict())
@@ -243,9 +253,9 @@ def test_performer_is_stable_with_large_norms():
 
 # --- invariances and robustness, every backend ------------------------------------------------
 
-@pytest.mark.parametrize("name", BACKENDS)
-def test_padding_does_not_change_real_outputs(name):
-    attn = make(name).double().eval()
+@pytest.mark.parametrize("name,kw", [(b, {}) for b in BACKENDS] + [("longformer", {"block": 4})])
+def test_padding_does_not_change_real_outputs(name, kw):
+    attn = make(name, **kw).double().eval()
     x = torch.randn(2, 30, D, dtype=torch.float64)
     glob = torch.zeros(2, 30, dtype=torch.bool)
     glob[:, 0] = True

@@ -230,7 +230,7 @@ def check_checkpoint_compatible(saved: Mapping[str, Any], current: Mapping[str, 
     diffs = []
     old_model, new_model = dict(saved.get("model") or {}), dict(current.get("model") or {})
     for key in sorted(set(old_model) | set(new_model)):
-        if key != "dropout" and old_model.get(key) != new_model.get(key):
+        if key not in ("dropout", "attention_dropout") and old_model.get(key) != new_model.get(key):
             diffs.append(f"model.{key}: {old_model.get(key)} -> {new_model.get(key)}")
     for key in ("vocab_size", "num_classes"):
         if key in saved and saved.get(key) != current.get(key):

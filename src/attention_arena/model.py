@@ -54,13 +54,13 @@ class Block(nn.Module):
     """Pre-LN Transformer block: x + attn(LN(x)), then x + FF(LN(x)); dropout on both branches."""
 
     def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, dropout: float,
-                 attention: Mapping[str, Any]):
+                 attention: Mapping[str, Any], attention_dropout: float = 0.0):
         super().__init__()
         attention = dict(attention)
         name = attention.pop("name")
         self.ln1 = nn.LayerNorm(embed_dim)
         self.attn = build_attention(name, embed_dim=embed_dim, num_heads=num_heads,
-                                    dropout=dropout, **attention)
+                                    dropout=attention_dropout, **attention)
         self.ln2 = nn.LayerNorm(embed_dim)
         self.ff = FeedForward(embed_dim, ff_dim, dropout)
         self.drop = nn.Dropout(dropout)
@@ -79,7 +79,11 @@ class TransformerClassifier(nn.Module):
     Args:
         vocab_size: number of token ids (id 0 is padding by convention of the data module).
         num_classes: number of output classes C.
-        embed_dim, num_heads, ff_dim, num_layers, dropout: the usual Transformer sizes.
+        embed_dim, num_heads, ff_dim, num_layers, dropout: the usual Transformer sizes
+            (``dropout`` on embeddings and on both residual branches).
+        attention_dropout: dropout on the attention probabilities. Default 0: where it is
+            > 0, SDPA leaves its fused kernels for the O(N²) math path (4x slower on CPU at
+            N=512), and Performer has no attention matrix to drop from.
         max_length: longest sequence the model accepts (size of the learned position table).
         positions: ``"learned"`` (a table of ``max_length`` rows) or ``"sinusoidal"`` (fixed).
         pooling: ``"cls"`` (the token at position 0, which the data module sets to CLS) or
@@ -98,6 +102,7 @@ class TransformerClassifier(nn.Module):
         ff_dim: int = 1024,
         num_layers: int = 4,
         dropout: float = 0.1,
+        attention_dropout: float = 0.0,
         max_length: int = 4096,
         positions: str = "learned",
         pooling: str = "cls",
@@ -129,7 +134,8 @@ class TransformerClassifier(nn.Module):
                                  persistent=False)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, ff_dim, dropout, attention) for _ in range(num_layers)
+            Block(embed_dim, num_heads, ff_dim, dropout, attention, attention_dropout)
+            for _ in range(num_layers)
         )
         self.ln_f = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)

@@ -66,6 +66,8 @@ def sliding_window_attention(
     r = math.ceil(half / block)  # neighbour blocks a side
     nb = math.ceil(N / block)
     S = (2 * r + 1) * block  # keys seen by one block of queries
+    if N <= S:  # short input: one dense masked call does less work than the blocks would
+        return _dense_band_attention(q, k, v, half, keep, global_mask, dropout_p)
 
     # Which keys the local part may use: real and not global (globals are added separately).
     key_ok = torch.ones(B, N, dtype=torch.bool, device=q.device) if keep is None else keep
@@ -115,6 +117,23 @@ def sliding_window_attention(
         target = torch.where(glob_ok, glob_idx, nb * block)[:, None, :, None].expand(B, H, G, d)
         out = F.pad(out, (0, 0, 0, 1)).scatter(2, target, out_glob)
     return out[:, :, :N]
+
+
+def _dense_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Tensor | None,
+                          global_mask: Tensor | None, dropout_p: float) -> Tensor:
+    """The same attention with an explicit (B, 1, N, N) mask, for inputs shorter than 3 blocks."""
+    B, _, N, _ = q.shape
+    i = torch.arange(N, device=q.device)
+    allowed = ((i[:, None] - i[None, :]).abs() <= half).expand(B, N, N)
+    if global_mask is not None:
+        glob = global_mask if keep is None else global_mask & keep
+        allowed = allowed | glob[:, None, :] | glob[:, :, None]
+    if keep is not None:
+        allowed = allowed & keep[:, None, :]
+    allowed = allowed | (torch.eye(N, dtype=torch.bool, device=q.device)
+                         & ~allowed.any(-1, keepdim=True))  # rows without keys stay finite
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                          dropout_p=dropout_p)
 
 
 @register_attention("longformer")
