@@ -163,6 +163,15 @@ def test_linformer_with_identity_projection_equals_full():
     torch.testing.assert_close(lin(x), full(x), atol=1e-5, rtol=0)
 
 
+def test_linformer_pool_init_starts_as_segment_means():
+    attn = make("linformer", k=8, max_len=64, init="pool")
+    torch.testing.assert_close(attn.proj_k.sum(0), torch.ones(8), atol=0.2, rtol=0)
+    segment = attn.proj_k.argmax(dim=1)  # row n belongs to segment n // 8
+    assert torch.equal(segment, torch.arange(64) // 8)
+    with pytest.raises(ValueError, match="'pool' or 'uniform'"):
+        make("linformer", init="xavier")
+
+
 @pytest.mark.parametrize("share_kv", [False, True])
 def test_linformer_module_equals_functional_core(share_kv):
     attn = make("linformer", share_kv=share_kv).double()

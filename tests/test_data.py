@@ -596,3 +596,13 @@ def test_finalize_carves_only_missing_splits():
     out = finalize_splits(raw, 0.1, 0.1, seed=0)
     assert out["test"] == raw.splits["test"]
     assert len(out["val"][0]) == 2 and len(out["train"][0]) == 18
+
+
+def test_datamodule_pickles_for_ddp_spawn(tmp_path):
+    import pickle
+
+    dm = TextClassificationDataModule(max_length=64, limit_examples=20, cache_dir=str(tmp_path))
+    dm.setup()
+    clone = pickle.loads(pickle.dumps(dm))
+    assert clone.num_classes == dm.num_classes == 5
+    assert next(iter(clone.train_dataloader()))["input_ids"].shape[1] <= 64

@@ -231,3 +231,23 @@ def test_epoch_seeded_shuffle_depends_only_on_seed_and_epoch():
 
     assert order(0, 2) == order(2, 2)  # a resumed run sees the same epoch-2 order
     assert order(0, 1) != order(0, 2)  # ... and epochs still differ
+
+
+def test_peak_memory_is_reset_per_job():
+    import sys
+
+    import pytest
+
+    from attention_arena.lit_module import peak_memory_mb, reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-job CPU peaks need /proc/self/clear_refs (Linux)")
+    reset_peak_memory()
+    before = peak_memory_mb()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    during = peak_memory_mb()
+    del block
+    reset_peak_memory()
+    after = peak_memory_mb()
+    assert during >= before + 48
+    assert after <= during - 48

@@ -58,6 +58,23 @@ def test_every_group_option_composes(group):
             assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
 
 
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_compose_and_override_the_defaults(name):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert set(params["attention"].split(",")) == set(BACKENDS)
+    for key in ("attention", "model", "optim", "data", "trainer"):
+        OmegaConf.to_container(cfg[key], resolve=True)
+    if name.startswith("lra_") or name.endswith("_gpu"):
+        assert cfg.model.num_layers == 4 and cfg.trainer.accelerator == "gpu"
+    if "lr" in (OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").get("optim") or {}):
+        assert cfg.optim.lr != composed().optim.lr  # the experiment wins over train.yaml
+
+
 def test_defaults():
     cfg = composed()
     assert cfg.attention.name == "full" and cfg.data.name == "bbc_news"

@@ -10,8 +10,9 @@
   second of forward+backward+optimizer time, times the world size); per epoch: ``train/acc``,
   ``val/{loss,acc,f1}``, ``test/{loss,acc,f1}``, ``train/tokens_per_s_epoch`` and
   ``sys/peak_memory_mb``: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the process's peak
-  resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which also counts the Python
-  interpreter, libraries and data, so it is an upper bound of what the model needs).
+  resident set size (VmHWM, reset when fitting starts so each multirun job has its own; it also
+  counts the Python interpreter, libraries and data, so it is an upper bound of what the model
+  needs).
 """
 
 from __future__ import annotations
@@ -36,11 +37,29 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint trained with another attention backend or model shape."""
 
 
+def reset_peak_memory(device: torch.device | None = None) -> None:
+    """Start a new peak, so the jobs of one multirun process do not inherit each other's."""
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)
+    try:  # Linux: reset the process's peak RSS (VmHWM) to its current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device | None = None) -> float:
     """Peak memory in MiB: CUDA max_memory_allocated on GPU, peak RSS of the process on CPU."""
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # never reset: an upper bound
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
@@ -175,6 +194,9 @@ class ArenaClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_memory()
+
+    def on_fit_start(self) -> None:
+        reset_peak_memory(self.device)
 
     def _log_memory(self) -> None:
         self.log("sys/peak_memory_mb", peak_memory_mb(self.device), on_epoch=True,

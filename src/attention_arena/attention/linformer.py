@@ -43,6 +43,11 @@ class LinformerAttention(SelfAttention):
         k: projected length (rank).
         max_len: longest sequence accepted (rows of E and F).
         share_kv: use one projection for keys and values (E = F).
+        init: ``"pool"`` (default) starts E and F as segment means (column j averages the j-th
+            of k equal stretches of the sequence) plus 10% noise; ``"uniform"`` is the reference
+            implementations' U(-1/√k, 1/√k). Random projections let the position-specific E
+            memorise documents: on BBC News at length 512 (k=128, 3 epochs) uniform reached 28%
+            test accuracy (chance: 24%), pool 55%.
 
     Every token attends to the projected summary of all tokens, so ``global_mask`` is accepted
     and ignored.
@@ -53,7 +58,8 @@ class LinformerAttention(SelfAttention):
     """
 
     def __init__(self, embed_dim: int, num_heads: int, k: int = 256, max_len: int = 4096,
-                 share_kv: bool = False, dropout: float = 0.0, bias: bool = True):
+                 share_kv: bool = False, init: str = "pool", dropout: float = 0.0,
+                 bias: bool = True):
         super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias)
         if k <= 0 or max_len <= 0:
             raise ValueError(f"linformer k ({k}) and max_len ({max_len}) must be positive")
@@ -61,11 +67,21 @@ class LinformerAttention(SelfAttention):
             raise ValueError(f"linformer k={k} is larger than max_len={max_len}; a projection "
                              f"to more rows than the sequence has is not low-rank: use k <= "
                              f"{max_len} (or raise max_len)")
-        self.k, self.max_len, self.share_kv = k, max_len, share_kv
-        bound = k**-0.5
-        self.proj_k = nn.Parameter(torch.empty(max_len, k).uniform_(-bound, bound))
-        self.proj_v = None if share_kv else nn.Parameter(
-            torch.empty(max_len, k).uniform_(-bound, bound))
+        self.k, self.max_len, self.share_kv, self.init = k, max_len, share_kv, init
+        if init not in ("pool", "uniform"):
+            raise ValueError(f"linformer init must be 'pool' or 'uniform', got {init!r}")
+        self.proj_k = nn.Parameter(self._init_projection(max_len, k, init))
+        self.proj_v = None if share_kv else nn.Parameter(self._init_projection(max_len, k, init))
+
+    @staticmethod
+    def _init_projection(max_len: int, k: int, init: str) -> Tensor:
+        if init == "uniform":  # lucidrains' / fairseq's: U(-1/√k, 1/√k)
+            return torch.empty(max_len, k).uniform_(-(k**-0.5), k**-0.5)
+        # "pool": column j averages the j-th of k equal segments, plus 10% uniform noise
+        segment = torch.arange(max_len) * k // max_len
+        e = F.one_hot(segment, k).float()
+        e = e / e.sum(0, keepdim=True)
+        return e + torch.empty(max_len, k).uniform_(-0.1, 0.1) * e.max()
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None,
                 global_mask: Tensor | None = None) -> Tensor:

@@ -118,7 +118,8 @@ class TextClassificationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.name = name
-        self.source = get_source(name)
+        get_source(name)  # fail early on an unknown name (the source itself is looked up
+        # when needed: it holds lambdas, and the module must pickle for ddp_spawn)
         for key, value, low in (
             ("max_length", max_length, 1),
             ("batch_size", batch_size, 1),
@@ -178,7 +179,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             listops_seed=listops_seed,
             cache_dir=None if cache_dir is None else str(cache_dir),
         )
-        self.tokenizer = TOKENIZERS[self.source.tokenizer]()
+        self.tokenizer = TOKENIZERS[get_source(self.name).tokenizer]()
         self.pad_id = PAD_ID
         self.vocab_size = self.tokenizer.vocab_size
         self.data: ProcessedData | None = None
