@@ -66,7 +66,7 @@ def test_experiments_compose_and_override_the_defaults(name):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert set(params["attention"].split(",")) == set(BACKENDS)
+    assert {"full", "linformer", "longformer", "performer"} <= set(params["attention"].split(","))
     for key in ("attention", "model", "optim", "data", "trainer"):
         OmegaConf.to_container(cfg[key], resolve=True)
     if name.startswith("lra_") or name.endswith("_gpu"):

@@ -31,12 +31,9 @@ import statistics
 import sys
 from pathlib import Path
 
-METRIC_KEYS = [
-    "status", "error", "attention", "data", "max_length", "seed", "parameters", "val_acc",
-    "val_f1", "test_acc", "test_f1", "train_tokens_per_s", "peak_memory_mb", "wall_time_s",
-    "epochs", "steps", "run_dir", "overrides",
-]
-CSV_COLUMNS = ["run"] + METRIC_KEYS + ["source"]
+from .utils import METRIC_KEYS
+
+CSV_COLUMNS = ["run", *METRIC_KEYS, "source"]
 CRASHED_ERROR = "no metrics.json (run crashed or was killed)"
 
 # summary column -> (run key, scale, better: "max" | "min")

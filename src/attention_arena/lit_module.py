@@ -21,6 +21,7 @@ import math
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,8 +45,10 @@ def reset_peak_memory(device: torch.device | None = None) -> None:
     try:  # Linux: reset the process's peak RSS (VmHWM) to its current RSS
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-    except OSError:
-        pass
+    except OSError as err:
+        warnings.warn(f"cannot reset the peak RSS ({err}): on CPU, sys/peak_memory_mb is the "
+                      "peak of the whole process, including earlier jobs of a multirun",
+                      stacklevel=2)
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

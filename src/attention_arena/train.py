@@ -33,16 +33,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .utils import format_table, register_resolvers
+from .utils import METRIC_KEYS, format_table, register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
-#: The keys of ``metrics.json`` (``arena-compare`` reads them).
-METRIC_KEYS = (
-    "status", "error", "attention", "data", "max_length", "seed", "parameters", "val_acc",
-    "val_f1", "test_acc", "test_f1", "train_tokens_per_s", "peak_memory_mb", "wall_time_s",
-    "epochs", "steps", "run_dir", "overrides",
-)
 
 _FAILURES: list[str] = []  # one line per failed job of this process
 
@@ -197,6 +191,10 @@ def train(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
     fit_metrics = dict(trainer.callback_metrics)
     result["epochs"] = int(trainer.current_epoch)
     result["steps"] = int(trainer.global_step)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if result["steps"] == 0 and last.exists():  # ddp_spawn keeps the loop state in its workers
+        saved = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        result["epochs"], result["steps"] = int(saved["epoch"]) + 1, int(saved["global_step"])
     result["train_tokens_per_s"] = _float(fit_metrics, "train/tokens_per_s_epoch")
     result["peak_memory_mb"] = _float(fit_metrics, "sys/peak_memory_mb")
     result["val_acc"] = _float(fit_metrics, "val/acc")

@@ -8,6 +8,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+#: The keys of every run's ``metrics.json`` (``arena-train`` writes them, ``arena-compare`` reads).
+METRIC_KEYS = (
+    "status", "error", "attention", "data", "max_length", "seed", "parameters", "val_acc",
+    "val_f1", "test_acc", "test_f1", "train_tokens_per_s", "peak_memory_mb", "wall_time_s",
+    "epochs", "steps", "run_dir", "overrides",
+)
+
 
 def round_up(value: int, multiple: int | None = 1) -> int:
     """``value`` rounded up to a multiple of ``multiple`` (``None``/0/1: unchanged)."""

@@ -128,23 +128,29 @@ class PerformerAttention(SelfAttention):
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.num_features, self.redraw_interval, self.eps = num_features, redraw_interval, eps
-        self.register_buffer("seed", torch.tensor(seed, dtype=torch.long))
-        self.register_buffer("calls", torch.tensor(0, dtype=torch.long))  # training forwards
+        # plain ints (checkpointed through get/set_extra_state): no device sync per forward
+        self.seed, self.calls = int(seed), 0  # calls = training forward passes so far
         self.register_buffer("projection", self._draw(0))
 
+    def get_extra_state(self) -> dict:
+        return {"seed": self.seed, "calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+
     def _draw(self, index: int) -> Tensor:
-        generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + index)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         return orthogonal_random_features(self.num_features, self.head_dim, generator)
 
     @torch.no_grad()
     def redraw(self) -> None:
         """Draw the next set of features (deterministic in ``seed`` and the number of draws)."""
-        index = int(self.calls) // max(self.redraw_interval, 1)
+        index = self.calls // max(self.redraw_interval, 1)
         self.projection.copy_(self._draw(index))
 
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
         if self.training:
-            if self.redraw_interval and int(self.calls) % self.redraw_interval == 0 and self.calls:
+            if self.redraw_interval and self.calls and self.calls % self.redraw_interval == 0:
                 self.redraw()
             self.calls += 1
         return favor_attention(q, k, v, self.projection, key_padding_mask, eps=self.eps)
