@@ -1,8 +1,11 @@
-"""Training callbacks: a NaN/inf guard, process-group cleanup, and a fault injector for tests."""
+"""Training callbacks: a NaN/inf guard, process-group cleanup, the per-epoch shuffle seed, and
+fault injectors for tests (a NaN, a SIGKILL)."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -80,6 +83,20 @@ class InjectNaN(pl.Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
+
+
+class KillAtStep(pl.Callback):
+    """Fault injection (for testing resume): SIGKILL this process at global step ``at_step``.
+
+        +callbacks.kill._target_=attention_arena.callbacks.KillAtStep +callbacks.kill.at_step=60
+    """
+
+    def __init__(self, at_step: int):
+        self.at_step = int(at_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class EpochSeededShuffle(pl.Callback):
