@@ -201,13 +201,16 @@ def explicit_favor(q, k, v, w, key_padding_mask=None, eps=1e-4):
     return (a @ v.double()) / a.sum(-1, keepdim=True)
 
 
-def test_performer_equals_explicit_feature_computation():
-    q, k, v = qkv(N=60, d=16, dtype=torch.float32)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_performer_equals_explicit_feature_computation(dtype, tol):
+    q, k, v = qkv(N=60, d=16, dtype=dtype)
     w = orthogonal_random_features(48, 16, torch.Generator().manual_seed(1))
     pad, _ = masks(2, 60)
     for p in (None, pad):
-        torch.testing.assert_close(favor_attention(q, k, v, w, p).double(),
-                                   explicit_favor(q, k, v, w, p), atol=1e-5, rtol=1e-4)
+        out = favor_attention(q, k, v, w, p)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), explicit_favor(q, k, v, w, p), atol=tol,
+                                   rtol=tol)
 
 
 def test_performer_error_shrinks_with_more_features():

@@ -55,6 +55,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .utils import proc_status_kb, reset_peak_rss
+
 DEFAULT_LENGTHS = [1024, 2048, 4096, 8192, 16384]
 NOISY_SPREAD = 1.25  # max/min of the repeats above this: the measurement is flagged as noisy
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -277,21 +279,6 @@ def build_module(name: str, D: int, H: int, N: int, kwargs: dict) -> nn.Module:
 # One measurement (runs in a fresh subprocess by default)
 # --------------------------------------------------------------------------------------------
 
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1)) if m else 0
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 class _RssSampler(threading.Thread):
     def __init__(self, interval: float = 0.0005):
         super().__init__(daemon=True)
@@ -299,22 +286,22 @@ class _RssSampler(threading.Thread):
 
     def run(self):
         while not self._stop_event.is_set():
-            self.peak = max(self.peak, _proc_status_kb("VmRSS"))
+            self.peak = max(self.peak, proc_status_kb("VmRSS"))
             time.sleep(self.interval)
 
     def stop(self) -> int:
         self._stop_event.set()
         self.join()
-        return max(self.peak, _proc_status_kb("VmRSS"))
+        return max(self.peak, proc_status_kb("VmRSS"))
 
 
 def _cpu_peak_mb(step) -> tuple[float, str]:
     gc.collect()
-    if _reset_peak_rss():
-        base = _proc_status_kb("VmRSS")
+    if reset_peak_rss():
+        base = proc_status_kb("VmRSS")
         step()
-        return (_proc_status_kb("VmHWM") - base) / 1024, "rss-hwm"
-    base = _proc_status_kb("VmRSS")
+        return (proc_status_kb("VmHWM") - base) / 1024, "rss-hwm"
+    base = proc_status_kb("VmRSS")
     sampler = _RssSampler()
     sampler.start()
     step()

@@ -32,6 +32,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .model import TransformerClassifier
+from .utils import proc_status_kb, reset_peak_rss
 
 
 class CheckpointMismatchError(ValueError):
@@ -42,26 +43,18 @@ def reset_peak_memory(device: torch.device | None = None) -> None:
     """Start a new peak, so the jobs of one multirun process do not inherit each other's."""
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
-    try:  # Linux: reset the process's peak RSS (VmHWM) to its current RSS
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError as err:
-        warnings.warn(f"cannot reset the peak RSS ({err}): on CPU, sys/peak_memory_mb is the "
-                      "peak of the whole process, including earlier jobs of a multirun",
-                      stacklevel=2)
+    if not reset_peak_rss():
+        warnings.warn("cannot reset the peak RSS (/proc/self/clear_refs): on CPU, "
+                      "sys/peak_memory_mb is the peak of the whole process, including earlier "
+                      "jobs of a multirun", stacklevel=2)
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
     """Peak memory in MiB: CUDA max_memory_allocated on GPU, peak RSS of the process on CPU."""
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**10  # kB
-    except OSError:
-        pass
+    if peak_kb := proc_status_kb("VmHWM"):
+        return peak_kb / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # never reset: an upper bound
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 

@@ -16,6 +16,28 @@ METRIC_KEYS = (
 )
 
 
+def proc_status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``); 0 where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; False where Linux does not allow."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def round_up(value: int, multiple: int | None = 1) -> int:
     """``value`` rounded up to a multiple of ``multiple`` (``None``/0/1: unchanged)."""
     value = int(value)

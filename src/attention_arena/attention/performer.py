@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SelfAttention
@@ -64,8 +65,9 @@ class _PositiveFeatures(torch.autograd.Function):
 
 
 def _positive_features(x: Tensor, w: Tensor, keep: Tensor | None, per_row: bool) -> Tensor:
-    x = x.float() * x.shape[-1] ** -0.25  # x′ = d^(-1/4) x
-    return _PositiveFeatures.apply(x, w.float(), keep, per_row)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 for half types, fp64 stays
+    x = x.to(dtype) * x.shape[-1] ** -0.25  # x′ = d^(-1/4) x
+    return _PositiveFeatures.apply(x, w.to(dtype), keep, per_row)
 
 
 def favor_attention(
@@ -86,7 +88,7 @@ def favor_attention(
     with torch.autocast(device_type=q.device.type, enabled=False):
         eq = _positive_features(q, projection, None, per_row=True)  # (B, H, N, m), no ε yet
         ek = _positive_features(k, projection, keep, per_row=False)
-        v1 = torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], -1)
+        v1 = F.pad(v.to(eq.dtype), (0, 1), value=1.0)  # [v | 1]
         if keep is not None:
             v1 = v1 * keep[:, None, :, None]  # padded rows: no value, no count
         # [Σ φ(k) vᵀ | Σ φ(k)] with φ(k) = ek + ε on real keys: (B, H, m, d + 1)
