@@ -195,3 +195,26 @@ def test_peer_wrappers_shape():
                                           "performer": {"num_features": 16}}, 100)
         module = bench.build_module(name, 32, 2, 100, kwargs)
         assert module(x).shape == x.shape, name
+
+
+def test_global_tokens_reach_our_backends(monkeypatch, tmp_path):
+    seen = []
+    original = bench.build_module
+
+    def spy(name, *args, **kwargs):
+        module = original(name, *args, **kwargs)
+        forward = module.forward
+
+        def recording_forward(x, key_padding_mask=None, global_mask=None):
+            seen.append(None if global_mask is None else int(global_mask.sum()))
+            return forward(x, key_padding_mask=key_padding_mask, global_mask=global_mask)
+
+        module.forward = recording_forward
+        return module
+
+    monkeypatch.setattr(bench, "build_module", spy)
+    report = run_bench(["longformer"], [128], heads=2, head_dim=16, threads=1, warmup=0,
+                       repeats=1, isolate=False, gemm_size=64, global_tokens=2,
+                       opts={"longformer": {"window": 32}})
+    assert report["results"][0]["status"] == "ok" and report["meta"]["global_tokens"] == 2
+    assert seen and set(seen) == {2}

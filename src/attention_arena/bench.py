@@ -345,9 +345,14 @@ def _measure(cfg: dict) -> dict:
         for p in params:
             p.grad = None
 
+    glob = None
+    if cfg.get("global_tokens"):  # the first G positions are global (ours only; peers: none)
+        glob = torch.zeros(B, N, dtype=torch.bool, device=device)
+        glob[:, : cfg["global_tokens"]] = True
+
     def step():
         with autocast():
-            y = module(x)
+            y = module(x) if glob is None else module(x, global_mask=glob)
         y.float().sum().backward()
 
     # 1. memory: the very first step of this process, with nothing else allocated
@@ -452,6 +457,7 @@ def run_bench(
     head_dim: int = 64,
     device: str = "cpu",
     dtype: str = "fp32",
+    global_tokens: int = 0,
     threads: int | None = None,
     warmup: int = 2,
     repeats: int = 5,
@@ -497,7 +503,8 @@ def run_bench(
             kwargs = peer_kwargs(name, opts, N) if kind == "peer" else method_kwargs(name, opts, N)
             cfg = {"name": name, "N": N, "batch": batch, "heads": heads, "head_dim": head_dim,
                    "kwargs": kwargs, "device": device, "dtype": dtype, "threads": threads,
-                   "warmup": warmup, "repeats": repeats, "seed": seed}
+                   "warmup": warmup, "repeats": repeats, "seed": seed,
+                   "global_tokens": global_tokens if kind == "ours" else 0}
             res = measure_isolated(cfg, timeout) if isolate else measure(cfg)
             gf = flops(name, N, batch, heads, head_dim, **kwargs)
             row = {"backend": name, "kind": kind, "N": N, "options": kwargs,
@@ -522,6 +529,7 @@ def run_bench(
         "device": device, "dtype": dtype, "threads": threads, "batch": batch, "heads": heads,
         "head_dim": head_dim, "embed_dim": heads * head_dim, "warmup": warmup,
         "repeats": repeats, "seed": seed, "lengths": lengths, "isolate": isolate,
+        "global_tokens": global_tokens,
         "gemm": gemm, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
@@ -690,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--global-tokens", type=int, default=0,
+                   help="mark the first G positions global (our backends; e.g. 1 = a CLS token)")
     p.add_argument("--opt", action="append", default=[], metavar="BACKEND.KEY=VALUE")
     p.add_argument("--peers", action="store_true",
                    help="also time public implementations (pip install 'attention-arena[peers]')")
@@ -710,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             args.backends, args.lengths, batch=args.batch, heads=args.heads,
             head_dim=args.head_dim, device=args.device, dtype=args.dtype, threads=args.threads,
             warmup=args.warmup, repeats=args.repeats, seed=args.seed, opts=opts,
+            global_tokens=args.global_tokens,
             peers=args.peers, isolate=args.isolate, timeout=args.timeout,
             gemm_size=args.gemm_size,
         )

@@ -21,6 +21,7 @@ full traceback (the traceback is always written to ``<run dir>/error.log``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -291,8 +292,21 @@ def _finish_wandb() -> None:
             print(f"[arena] warning: wandb.finish() failed: {err}", file=sys.stderr)
 
 
+def _quiet_lightning_logs() -> None:
+    """Lightning logs through its own handler and Hydra's root handler: print each line once
+    (Hydra's, which also writes train.log), and drop its advertisement."""
+    import lightning  # noqa: F401 - its import adds the handler removed here
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
+    _quiet_lightning_logs()
     result = run(cfg)
     return result.get("val_acc")  # the objective for sweepers (e.g. optuna)
 

@@ -183,6 +183,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.pad_id = PAD_ID
         self.vocab_size = self.tokenizer.vocab_size
         self.data: ProcessedData | None = None
+        self._prepared: ProcessedData | None = None
         self.datasets: dict[str, TokenizedDataset] = {}
         self.splits: dict[str, TokenizedSplit] = {}
 
@@ -198,14 +199,14 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build the cache file if needed (Lightning runs this on one process per node)."""
-        if self.data is None:
-            self._load()
+        if self.data is None and self._prepared is None:
+            self._prepared = self._load()  # kept for setup() in this process
 
     def setup(self, stage: str | None = None) -> None:
         """Load the processed splits (once; later calls return at once)."""
         if self.data is not None:
             return
-        data = self._load()
+        data, self._prepared = self._prepared or self._load(), None
         splits = dict(data.splits)
         total = sum(len(s) for s in splits.values())
         limit = self.limit_examples
