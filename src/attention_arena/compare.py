@@ -427,10 +427,11 @@ def write_runs_csv(runs: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Load, summarise and write everything; returns ``{name: path}`` (markdown, csv, json and
-    the three PNGs)."""
-    runs = load_runs(sweep_dir)
+def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
+                 runs: list[dict] | None = None) -> dict[str, Path]:
+    """Load (unless ``runs`` is given), summarise and write everything; returns
+    ``{name: path}`` (markdown, csv, json and the three PNGs)."""
+    runs = load_runs(sweep_dir) if runs is None else runs
     rows = summarize(runs)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "comparison"
     out.mkdir(parents=True, exist_ok=True)
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         runs = load_runs(args.sweep_dir)
-        paths = write_report(args.sweep_dir, args.out)
+        paths = write_report(args.sweep_dir, args.out, runs=runs)
     except (FileNotFoundError, ValueError) as err:
         print(f"arena-compare: error: {err}", file=sys.stderr)
         return 2

@@ -183,7 +183,7 @@ def train(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     if ckpt_path:  # fail early, with a clear message, on a checkpoint of another model
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
         check_checkpoint_compatible(saved.get("hyper_parameters", {}), module.hparams, ckpt_path)
         del saved
         print(f"[arena] resuming from {ckpt_path}", flush=True)
