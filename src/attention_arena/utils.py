@@ -45,11 +45,12 @@ def round_up(value: int, multiple: int | None = 1) -> int:
     return value if multiple <= 1 else math.ceil(value / multiple) * multiple
 
 
-def auto_precision() -> str:
-    """``bf16-mixed`` where a CUDA GPU with bf16 is present, else ``32-true``."""
+def auto_precision(accelerator: str = "auto") -> str:
+    """``bf16-mixed`` when training will run on a CUDA GPU with bf16, else ``32-true``."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available() \
+            and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
 
