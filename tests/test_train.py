@@ -355,3 +355,14 @@ def test_small_model_learns_bbc_news(tmp_path):
     m = check_ok(run_dir, proc)
     assert m["val_acc"] > 0.60, json.dumps(m, indent=2)
 
+
+
+def test_auto_precision_follows_the_accelerator(monkeypatch):
+    from attention_arena.utils import auto_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert auto_precision("auto") == auto_precision("gpu") == "bf16-mixed"
+    assert auto_precision("cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_precision("auto") == "32-true"
