@@ -21,19 +21,12 @@ from pathlib import Path
 import torch
 
 from attention_arena.attention import reference_attention
-from attention_arena.attention.linformer import linformer_attention
+from attention_arena.attention.linformer import linformer_attention, segment_means
 from attention_arena.attention.performer import favor_attention, orthogonal_random_features
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return ((approx - exact).norm() / exact.norm()).item()
-
-
-def segment_means(n: int, k: int) -> torch.Tensor:
-    """E (n, k): column j averages the j-th of k near-equal segments of the sequence."""
-    segment = torch.arange(n) * k // n
-    e = torch.nn.functional.one_hot(segment, k).float()
-    return e / e.sum(0, keepdim=True)
 
 
 def main() -> None:

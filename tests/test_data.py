@@ -251,29 +251,14 @@ def test_listops_bounds_errors():
 
 
 def test_listops_datamodule(tmp_path):
-    m = dm(
-        name="listops",
-        max_length=64,
-        listops_min_length=10,
-        listops_max_length=60,
-        listops_num_train=40,
-        listops_num_val=8,
-        listops_num_test=8,
-        batch_size=4,
-    )
+    listops = dict(name="listops", listops_min_length=10, listops_max_length=60,
+                   listops_num_train=40, listops_num_val=8, listops_num_test=8)
+    m = dm(**listops, max_length=64, batch_size=4)
     assert m.num_classes == 10 and m.vocab_size == 17
     assert m.split_sizes == {"train": 40, "val": 8, "test": 8}
     batch = next(iter(m.test_dataloader()))
     assert batch["input_ids"].max() < 17 and (batch["input_ids"][:, 0] == 1).all()
-    short = dm(
-        name="listops",
-        max_length=20,
-        listops_min_length=10,
-        listops_max_length=60,
-        listops_num_train=40,
-        listops_num_val=8,
-        listops_num_test=8,
-    )
+    short = dm(**listops, max_length=20)
     with pytest.warns(DataWarning, match="truncated.*raise data.max_length"):
         short.setup()
     small = dm(name="listops", listops_min_length=10, listops_max_length=60, limit_examples=20)

@@ -16,6 +16,12 @@ from .base import SelfAttention
 from .registry import register_attention
 
 
+def segment_means(n: int, k: int) -> Tensor:
+    """E (n, k): column j averages the j-th of k near-equal segments of the sequence."""
+    e = F.one_hot(torch.arange(n) * k // n, k).float()
+    return e / e.sum(0, keepdim=True)
+
+
 def linformer_attention(
     q: Tensor,
     k: Tensor,
@@ -77,10 +83,7 @@ class LinformerAttention(SelfAttention):
     def _init_projection(max_len: int, k: int, init: str) -> Tensor:
         if init == "uniform":  # lucidrains' / fairseq's: U(-1/√k, 1/√k)
             return torch.empty(max_len, k).uniform_(-(k**-0.5), k**-0.5)
-        # "pool": column j averages the j-th of k equal segments, plus 10% uniform noise
-        segment = torch.arange(max_len) * k // max_len
-        e = F.one_hot(segment, k).float()
-        e = e / e.sum(0, keepdim=True)
+        e = segment_means(max_len, k)  # "pool": segment means plus 10% uniform noise
         return e + torch.empty(max_len, k).uniform_(-0.1, 0.1) * e.max()
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None,
