@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .utils import METRIC_KEYS, format_table, register_resolvers
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 
 
 _FAILURES: list[str] = []  # one line per failed job of this process
