@@ -1,0 +1,116 @@
+"""What every backend shares: the q/k/v/out projections, the head split, and input checks.
+
+A backend subclasses :class:`SelfAttention` and implements :meth:`SelfAttention.attend`, which maps
+per-head ``q, k, v`` of shape (B, H, N, d) to (B, H, N, d). Parameter names are identical across
+backends, so weights move between them with ``load_state_dict(..., strict=False)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def check_masks(
+    x: Tensor, key_padding_mask: Tensor | None, global_mask: Tensor | None
+) -> None:
+    """Raise a clear error unless the masks are bool (B, N) matching ``x`` (B, N, D)."""
+    for name, mask in (("key_padding_mask", key_padding_mask), ("global_mask", global_mask)):
+        if mask is None:
+            continue
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor (True = {name.split('_')[0]}), "
+                            f"got {mask.dtype}; convert it with `.bool()`")
+        if mask.shape != x.shape[:2]:
+            raise ValueError(f"{name} has shape {tuple(mask.shape)} but x is "
+                             f"{tuple(x.shape)}; the mask must be (batch, seq_len)")
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention skeleton: ``x`` (B, N, D) -> (B, N, D).
+
+    Args:
+        embed_dim: model width D; must be divisible by ``num_heads``.
+        num_heads: number of heads H (head dim d = D / H).
+        dropout: dropout on the attention probabilities (where the backend forms them).
+        bias: whether the four projections carry a bias.
+    """
+
+    backend_name = "base"
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"embed_dim ({embed_dim}) and num_heads ({num_heads}) "
+                             "must be positive")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
+                             f"choose e.g. num_heads={_divisor_near(embed_dim, num_heads)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    def split_heads(self, t: Tensor) -> Tensor:  # (B, N, D) -> (B, H, N, d)
+        return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def merge_heads(self, t: Tensor) -> Tensor:  # (B, H, N, d) -> (B, N, D)
+        return t.transpose(1, 2).flatten(2)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One fused GEMM for q, k, v (same result as the three Linear layers, faster)."""
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = None
+        if self.q_proj.bias is not None:
+            bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None = None,
+        global_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x`` (B, N, D); masks bool (B, N): True = padding / True = global token."""
+        self.check_input(x, key_padding_mask, global_mask)
+        q, k, v = self.project_qkv(x)
+        out = self.attend(q, k, v, key_padding_mask=key_padding_mask, global_mask=global_mask)
+        return self.finish(out, key_padding_mask)
+
+    def check_input(self, x: Tensor, key_padding_mask: Tensor | None,
+                    global_mask: Tensor | None) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"{type(self).__name__} expects x of shape (batch, seq_len, "
+                             f"{self.embed_dim}), got {tuple(x.shape)}")
+        check_masks(x, key_padding_mask, global_mask)
+
+    def finish(self, out: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """Merge heads, project out, and zero the padded positions (B, H, N, d) -> (B, N, D)."""
+        y = self.out_proj(self.merge_heads(out))
+        if key_padding_mask is not None:
+            y = y.masked_fill(key_padding_mask[..., None], 0.0)
+        return y
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None = None,
+        global_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Per-head attention core: (B, H, N, d) x3 -> (B, H, N, d)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+def _divisor_near(n: int, target: int) -> int:
+    return min((h for h in range(1, n + 1) if n % h == 0), key=lambda h: abs(h - target))
