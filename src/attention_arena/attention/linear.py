@@ -1,0 +1,60 @@
+"""Linear attention: a positive feature map instead of the softmax (Katharopoulos et al. 2020).
+
+outᵢ = φ(qᵢ)ᵀ Σⱼ φ(kⱼ) vⱼᵀ / φ(qᵢ)ᵀ Σⱼ φ(kⱼ) with φ(x) = elu(x) + 1 > 0. Forming the d × d sums
+first costs O(N · d²) time and O(N · d) memory: no N × N matrix. Padded keys are left out of both
+sums, so outputs at real positions do not depend on padding. The sums accumulate in fp32 (fp64
+stays fp64) with autocast off: in half precision a sum over 16K keys loses its small terms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SelfAttention
+from .registry import register_attention
+
+
+def elu_features(x: Tensor) -> Tensor:
+    """φ(x) = elu(x) + 1, positive everywhere."""
+    return F.elu(x) + 1.0
+
+
+def linear_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None
+) -> Tensor:
+    """φ(Q) (φ(K)ᵀ V) / φ(Q) (φ(K)ᵀ 1): q, k, v (B, H, N, d) -> (B, H, N, d).
+
+    ``key_padding_mask`` bool (B, N), True = padding: those keys are in neither sum. A row with no
+    real key (all padding) gives zeros.
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        fq, fk = elu_features(q.to(dtype)), elu_features(k.to(dtype))
+        v1 = F.pad(v.to(dtype), (0, 1), value=1.0)  # [v | 1]: numerator and denominator at once
+        if key_padding_mask is not None:
+            v1 = v1.masked_fill(key_padding_mask[:, None, :, None], 0.0)  # no value, no count
+        # (v1ᵀ φ(K))ᵀ = φ(K)ᵀ v1, (B, H, d, d + 1); this order hands φ(K) a contiguous gradient
+        kv = (v1.transpose(-1, -2) @ fk).transpose(-1, -2)
+        out = fq @ kv  # [numerator | denominator] (B, H, N, d + 1)
+        numerator, denominator = out[..., :-1], out[..., -1:]
+        out = numerator / denominator.clamp_min(torch.finfo(dtype).tiny)  # 0 / tiny = 0
+    return out.to(v.dtype)
+
+
+@register_attention("linear")
+class LinearAttention(SelfAttention):
+    """Linear attention with the φ(x) = elu(x) + 1 feature map, O(N · d²). No options.
+
+    Every token attends to every other, so ``global_mask`` is accepted and ignored. There is no
+    attention matrix, so ``dropout`` is not applied here.
+    """
+
+    def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
+        return linear_attention(q, k, v, key_padding_mask)
+
+    def attention_flops(self, seq_len: int, batch: int = 1) -> float:
+        """``φ(K)ᵀ[V | 1]`` and ``φ(Q)(·)``: ``2 · 2·B·H·N·d·(d + 1)`` (φ itself not counted)."""
+        d = self.head_dim
+        return 2 * 2 * batch * self.num_heads * seq_len * d * (d + 1)

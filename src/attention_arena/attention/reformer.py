@@ -1,0 +1,236 @@
+"""Reformer attention: shared-QK attention restricted by locality-sensitive hashing (Kitaev et al.
+2020).
+
+Queries double as keys: the key of token j is its query normalised to unit length, k̂ⱼ = qⱼ/‖qⱼ‖.
+Each of ``n_hashes`` rounds hashes the keys with a random rotation R (d × b/2) into b buckets,
+bucket = argmax [k̂R, −k̂R]; sorts the tokens by bucket (stable: ties by position); cuts the sorted
+order into chunks of ``bucket_size`` tokens; and lets every query attend, with a softmax, to the
+keys of its own bucket in its own chunk and the chunk before. A token attends to itself only when
+it has no other key. The rounds are merged by log-sum-exp: outᵢ = Σᵣ wᵣ oᵢʳ with
+wᵣ = softmaxᵣ(lseᵢʳ), which is one softmax over every round's keys (a key met in two rounds counts
+twice). O(N · n_hashes · (bucket_size + b) · d) time: no N × N matrix.
+
+The b buckets of a sequence follow its L real tokens, b = 2⌈L / (2 · bucket_size)⌉, so a bucket
+holds ``bucket_size`` tokens on average whatever the padding. Padding (and the positions added to
+fill the last chunk: any N works) sorts after every real token and is never a key, so outputs at
+real positions do not depend on padding. Column j of every round's R depends only on the seed and
+j, so sequences of different lengths in one batch hash as they would alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SelfAttention
+from .registry import register_attention
+
+
+def num_buckets(lengths: Tensor, bucket_size: int) -> Tensor:
+    """Buckets per sequence, (B,) real lengths -> (B,): 2⌈L / (2 · bucket_size)⌉, at least 2."""
+    return 2 * torch.div(lengths + 2 * bucket_size - 1, 2 * bucket_size,
+                         rounding_mode="floor").clamp_min(1)
+
+
+def lsh_rotations(n_hashes: int, dim: int, n_half: int, seed: int) -> Tensor:
+    """Gaussian rotations (n_hashes, dim, n_half); column j depends only on ``(seed, j)``, so
+    the rotations for more buckets extend those for fewer."""
+    columns = []
+    for j in range(n_half):
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + j) % 2**63)
+        columns.append(torch.randn(n_hashes, dim, generator=generator))
+    return torch.stack(columns, dim=-1)
+
+
+def lsh_buckets(keys: Tensor, rotations: Tensor, n_buckets: Tensor) -> Tensor:
+    """Bucket of every key in every round: keys (B, H, N, d), rotations (R, d, >= b/2),
+    n_buckets (B,) even -> (B, H, R, N) long.
+
+    Sequence i uses the first b_i / 2 columns: bucket argmax [k̂R, −k̂R], numbered j for column
+    j of k̂R and h + j for column j of −k̂R, where h = max_i b_i / 2 (same order as argmax)."""
+    half = n_buckets // 2
+    h = int(half.max())
+    if rotations.shape[-1] < h:
+        raise ValueError(f"lsh_buckets needs {h} rotation columns for {2 * h} buckets, got "
+                         f"{rotations.shape[-1]}")
+    x = keys[:, :, None] @ rotations[..., :h].to(keys.dtype)  # (B, H, R, N, h)
+    if bool((half < h).any()):  # shorter sequences: their extra columns never win
+        unused = (torch.arange(h, device=keys.device) >= half[:, None])[:, None, None, None]
+        top, top_idx = x.masked_fill(unused, float("-inf")).max(-1)
+        low, low_idx = x.masked_fill(unused, float("inf")).min(-1)
+    else:
+        top, top_idx = x.max(-1)
+        low, low_idx = x.min(-1)
+    return torch.where(top >= -low, top_idx, low_idx + h)
+
+
+def _look_back(t: Tensor, fill: float | int = 0) -> Tensor:
+    """(..., C, c, e) -> (..., C, 2c, e): every chunk preceded by the chunk before (``fill``
+    before the first)."""
+    previous = F.pad(t, (0, 0, 0, 0, 1, 0), value=fill)[..., :-1, :, :]
+    return torch.cat([previous, t], dim=-2)
+
+
+def lsh_attention(
+    qk: Tensor,
+    v: Tensor,
+    rotations: Tensor,
+    bucket_size: int,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Shared-QK LSH attention: qk, v (B, H, N, d), rotations (n_hashes, d, >= b/2) -> (B, H, N, d).
+
+    Args:
+        rotations: one rotation per hashing round; sequence i uses its first b_i / 2 columns.
+        bucket_size: tokens per chunk (the average bucket size).
+        key_padding_mask: bool (B, N), True = padding: never a key. A padded query attends to
+            itself (finite, discarded by the caller).
+
+    Computed in fp32 (fp64 stays fp64) with autocast off.
+    """
+    B, H, N, d = qk.shape
+    R, c = rotations.shape[0], bucket_size
+    C = math.ceil(N / c)
+    Np = C * c  # padded length: whole chunks
+    keep = torch.ones(B, N, dtype=torch.bool, device=qk.device)
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask
+    n_buckets = num_buckets(keep.sum(-1), c)
+    dtype = torch.promote_types(qk.dtype, torch.float32)
+    with torch.autocast(device_type=qk.device.type, enabled=False):
+        qk = F.pad(qk.to(dtype), (0, 0, 0, Np - N))
+        v = F.pad(v.to(dtype), (0, 0, 0, Np - N))
+        keep = F.pad(keep, (0, Np - N), value=False)
+        keys = F.normalize(qk, dim=-1)
+
+        with torch.no_grad():  # the hashing and sorting carry no gradient
+            buckets = lsh_buckets(keys, rotations, n_buckets)  # (B, H, R, Np)
+            never = int(n_buckets.max())  # padding's bucket: after every real one
+            buckets = buckets.masked_fill(~keep[:, None, None, :], never)
+            buckets, order = buckets.sort(dim=-1, stable=True)  # order: positions, sorted
+            b_q = buckets.view(B, H, R, C, c)
+            b_k = _look_back(b_q[..., None], fill=-1)[..., 0]  # (B, H, R, C, 2c)
+            pos_q = order.view(B, H, R, C, c)
+            pos_k = _look_back(pos_q[..., None], fill=-1)[..., 0]
+            # same bucket, a real key, not itself ...
+            allowed = ((b_q[..., :, None] == b_k[..., None, :]) & (b_k != never)[..., None, :]
+                       & (pos_q[..., :, None] != pos_k[..., None, :]))  # (B, H, R, C, c, 2c)
+            # ... unless there is no other key
+            itself = pos_q[..., :, None] == pos_k[..., None, :]
+            allowed |= itself & ~allowed.any(-1, keepdim=True)
+
+        def chunked(t: Tensor) -> Tensor:  # (B, H, Np, e) -> sorted (B, H, R, C, c, e)
+            index = order.flatten(2)[..., None].expand(-1, -1, -1, t.shape[-1])
+            return t.gather(2, index).view(B, H, R, C, c, -1)
+
+        scores = chunked(qk) @ _look_back(chunked(keys)).transpose(-1, -2) * d**-0.5
+        scores = scores.masked_fill(~allowed, float("-inf"))  # (B, H, R, C, c, 2c)
+        lse = scores.logsumexp(-1, keepdim=True)  # finite: every row has a key
+        weights = torch.exp(scores - lse)
+        if dropout_p:
+            weights = F.dropout(weights, dropout_p)
+        out = weights @ _look_back(chunked(v))  # (B, H, R, C, c, d), sorted
+
+        # back to positions, then merge the rounds
+        unsort = order.argsort(-1)  # (B, H, R, Np)
+        out = out.view(B, H, R, Np, d).gather(3, unsort[..., None].expand(-1, -1, -1, -1, d))
+        lse = lse.view(B, H, R, Np).gather(3, unsort)
+        out = (torch.softmax(lse, dim=2)[..., None] * out).sum(2)  # (B, H, Np, d)
+    return out[:, :, :N].to(v.dtype)
+
+
+@register_attention("reformer")
+class ReformerAttention(SelfAttention):
+    """Shared-QK LSH attention, O(N · n_hashes · (bucket_size + N / bucket_size) · d).
+
+    Args:
+        n_hashes: hashing rounds (more = fewer missed neighbours, proportionally slower).
+        bucket_size: tokens per chunk, and the average tokens per bucket.
+        redraw: draw new rotations at every training forward pass (as the paper and the
+            reference implementations do); False keeps the evaluation rotations throughout.
+            Evaluation always uses the same rotations, so it is deterministic.
+        seed: seed of the rotations (each draw is a function of ``seed`` and the number of
+            training passes); None takes one from torch's global RNG, so ``torch.manual_seed``
+            fixes it and stacked layers hash differently. Saved with the module's state.
+
+    Queries and keys share one projection, W_qk = (W_q + W_k) / 2 (and its bias alike): the
+    ``q_proj`` and ``k_proj`` layers stay, so state dicts move between backends, and both train.
+    ``global_mask`` is accepted and ignored (every token may reach any other through its
+    buckets). ``dropout`` applies to the attention weights.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, n_hashes: int = 2, bucket_size: int = 64,
+                 redraw: bool = True, seed: int | None = None, dropout: float = 0.0,
+                 bias: bool = True):
+        super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias)
+        for name, value in (("n_hashes", n_hashes), ("bucket_size", bucket_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"reformer {name} must be a positive integer, got {value!r}")
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.n_hashes, self.bucket_size, self.redraw = n_hashes, bucket_size, bool(redraw)
+        # plain ints (checkpointed through get/set_extra_state)
+        self.seed, self.calls = int(seed), 0  # calls = training forward passes so far
+        self._cached: tuple[tuple, Tensor] | None = None  # (draw, columns, device) -> rotations
+
+    def get_extra_state(self) -> dict:
+        return {"seed": self.seed, "calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+        self._cached = None
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared query-key projection and the values in one GEMM: (qk, qk, v)."""
+        w_qk = (self.q_proj.weight + self.k_proj.weight) / 2
+        weight = torch.cat([w_qk, self.v_proj.weight])
+        bias = None
+        if self.q_proj.bias is not None:
+            bias = torch.cat([(self.q_proj.bias + self.k_proj.bias) / 2, self.v_proj.bias])
+        qk, v = F.linear(x, weight, bias).chunk(2, dim=-1)
+        qk = self.split_heads(qk)
+        return qk, qk, self.split_heads(v)
+
+    def rotations(self, n_half: int, device: torch.device) -> Tensor:
+        """The rotations (n_hashes, head_dim, >= n_half) of this pass: draw number ``calls``
+        in training (if ``redraw``), draw 0 otherwise."""
+        draw = self.calls if self.training and self.redraw else 0
+        if self._cached is not None:
+            (c_draw, c_half, c_device), rotations = self._cached
+            if c_draw == draw and c_half >= n_half and c_device == device:
+                return rotations
+        seed = (self.seed * 1_000_003 + draw) % 2**63
+        rotations = lsh_rotations(self.n_hashes, self.head_dim, n_half, seed).to(device)
+        self._cached = ((draw, n_half, device), rotations)
+        return rotations
+
+    def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
+        # q is the shared query-key (project_qkv returns it as k too)
+        lengths = torch.full((q.shape[0],), q.shape[2], device=q.device)
+        if key_padding_mask is not None:
+            lengths = (~key_padding_mask).sum(-1)
+        n_half = int(num_buckets(lengths, self.bucket_size).max()) // 2
+        rotations = self.rotations(n_half, q.device)
+        if self.training:
+            self.calls += 1
+        p = self.dropout if self.training else 0.0
+        return lsh_attention(q, v, rotations, self.bucket_size, key_padding_mask, dropout_p=p)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, n_hashes={self.n_hashes}, "
+                f"bucket_size={self.bucket_size}, redraw={self.redraw}")
+
+    def flops(self, seq_len: int, batch: int = 1) -> float:
+        """As :meth:`SelfAttention.flops` with three projections, not four (shared QK)."""
+        return super().flops(seq_len, batch) - 3.0 * 2 * batch * seq_len * self.embed_dim**2
+
+    def attention_flops(self, seq_len: int, batch: int = 1) -> float:
+        """Per round: the hash ``2·B·H·N·d·b/2`` (b = buckets at length N) and the chunked
+        ``QKᵀ`` and ``AV`` over ``2 · bucket_size`` keys per query ``2 · 2·B·H·N·2c·d``."""
+        bh, n, d, c = batch * self.num_heads, seq_len, self.head_dim, self.bucket_size
+        half = int(num_buckets(torch.tensor([n]), c)) // 2
+        return self.n_hashes * (2 * bh * n * d * half + 2 * 2 * bh * n * 2 * c * d)
