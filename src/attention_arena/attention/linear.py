@@ -31,15 +31,13 @@ def linear_attention(
     """
     dtype = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        fq, fk = elu_features(q.to(dtype)), elu_features(k.to(dtype))
-        v1 = F.pad(v.to(dtype), (0, 1), value=1.0)  # [v | 1]: numerator and denominator at once
-        if key_padding_mask is not None:
-            v1 = v1.masked_fill(key_padding_mask[:, None, :, None], 0.0)  # no value, no count
-        # (v1ᵀ φ(K))ᵀ = φ(K)ᵀ v1, (B, H, d, d + 1); this order hands φ(K) a contiguous gradient
-        kv = (v1.transpose(-1, -2) @ fk).transpose(-1, -2)
-        out = fq @ kv  # [numerator | denominator] (B, H, N, d + 1)
-        numerator, denominator = out[..., :-1], out[..., -1:]
-        out = numerator / denominator.clamp_min(torch.finfo(dtype).tiny)  # 0 / tiny = 0
+        fq, fk = elu_features(q.to(dtype)), elu_features(k.to(dtype))  # (B, H, N, d)
+        if key_padding_mask is not None:  # padded keys: no value, no count
+            fk = fk.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+        kv = fk.transpose(-1, -2) @ v.to(dtype)  # Σⱼ φ(kⱼ) vⱼᵀ, (B, H, d, d)
+        k_sum = fk.sum(-2, keepdim=True).transpose(-1, -2)  # Σⱼ φ(kⱼ), (B, H, d, 1)
+        denominator = (fq @ k_sum).clamp_min(torch.finfo(dtype).tiny)  # (B, H, N, 1)
+        out = (fq @ kv).div_(denominator)  # all padding: 0 / tiny = 0
     return out.to(v.dtype)
 
 
@@ -55,6 +53,7 @@ class LinearAttention(SelfAttention):
         return linear_attention(q, k, v, key_padding_mask)
 
     def attention_flops(self, seq_len: int, batch: int = 1) -> float:
-        """``φ(K)ᵀ[V | 1]`` and ``φ(Q)(·)``: ``2 · 2·B·H·N·d·(d + 1)`` (φ itself not counted)."""
+        """``φ(K)ᵀV``, ``φ(Q)(φ(K)ᵀV)`` and the normaliser ``φ(Q)Σφ(K)``:
+        ``2 · 2·B·H·N·d·(d + 1)`` (φ itself and the sum of φ(K) not counted)."""
         d = self.head_dim
         return 2 * 2 * batch * self.num_heads * seq_len * d * (d + 1)

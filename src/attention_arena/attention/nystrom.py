@@ -80,13 +80,14 @@ def nystrom_attention(
     B, H, N, d = q.shape
     m = num_landmarks
     dtype = torch.promote_types(q.dtype, torch.float32)
+    scale = d**-0.5  # applied to the m landmarks, not to the N queries
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v = q.to(dtype) * d**-0.5, k.to(dtype), v.to(dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         neg = torch.finfo(dtype).min  # finite: a row with every entry masked stays finite
         if key_padding_mask is None and N % m == 0:  # equal segments: plain means
-            q_land = q.unflatten(2, (m, N // m)).mean(3)
+            q_land = q.unflatten(2, (m, N // m)).mean(3) * scale  # (B, H, m, d)
             k_land = k.unflatten(2, (m, N // m)).mean(3)
-            kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), -1)  # (B, H, N, m)
+            kernel_1 = torch.softmax(q @ (k_land * scale).transpose(-1, -2), -1)  # (B, H, N, m)
             kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), -1)  # (B, H, m, m)
             kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2), -1)  # (B, H, m, N)
         else:
@@ -95,9 +96,11 @@ def nystrom_attention(
                 keep = ~key_padding_mask
             segment = landmark_segments(keep, m)
             q_land, counts = landmark_means(q, segment, m)
+            q_land = q_land * scale
             k_land, _ = landmark_means(k, segment, m)
             used = (counts > 0)[:, None, None, :]  # (B, 1, 1, m): landmarks with a token
-            kernel_1 = torch.softmax((q @ k_land.transpose(-1, -2)).masked_fill(~used, neg), -1)
+            scores_1 = q @ (k_land * scale).transpose(-1, -2)
+            kernel_1 = torch.softmax(scores_1.masked_fill(~used, neg), -1)
             kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~used, neg),
                                      -1)
             # empty landmarks: identity rows, so A = blockdiag(A_real, I) up to a permutation

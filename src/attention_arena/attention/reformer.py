@@ -56,7 +56,10 @@ def lsh_buckets(keys: Tensor, rotations: Tensor, n_buckets: Tensor) -> Tensor:
     if rotations.shape[-1] < h:
         raise ValueError(f"lsh_buckets needs {h} rotation columns for {2 * h} buckets, got "
                          f"{rotations.shape[-1]}")
-    x = keys[:, :, None] @ rotations[..., :h].to(keys.dtype)  # (B, H, R, N, h)
+    B, H, N, d = keys.shape
+    R = rotations.shape[0]
+    rotations = rotations[..., :h].to(keys.dtype).permute(1, 0, 2).reshape(d, R * h)
+    x = (keys.reshape(-1, d) @ rotations).view(B, H, N, R, h)  # one GEMM for every round
     if bool((half < h).any()):  # shorter sequences: their extra columns never win
         unused = (torch.arange(h, device=keys.device) >= half[:, None])[:, None, None, None]
         top, top_idx = x.masked_fill(unused, float("-inf")).max(-1)
@@ -64,14 +67,82 @@ def lsh_buckets(keys: Tensor, rotations: Tensor, n_buckets: Tensor) -> Tensor:
     else:
         top, top_idx = x.max(-1)
         low, low_idx = x.min(-1)
-    return torch.where(top >= -low, top_idx, low_idx + h)
+    return torch.where(top >= -low, top_idx, low_idx + h).transpose(2, 3)
 
 
-def _look_back(t: Tensor, fill: float | int = 0) -> Tensor:
-    """(..., C, c, e) -> (..., C, 2c, e): every chunk preceded by the chunk before (``fill``
-    before the first)."""
-    previous = F.pad(t, (0, 0, 0, 0, 1, 0), value=fill)[..., :-1, :, :]
-    return torch.cat([previous, t], dim=-2)
+def _look_back(t: Tensor, fill: int) -> Tensor:
+    """(..., C, c) -> (..., C, 2c): every chunk preceded by the chunk before (``fill`` before
+    the first)."""
+    return torch.cat([F.pad(t, (0, 0, 1, 0), value=fill)[..., :-1, :], t], dim=-1)
+
+
+def _pair_products(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """Scores of every chunk with its own chunk and the one before, in place:
+    a, b (G·C, c, d) -> out (G·C, c, 2c) = [a_i b_{i-1}ᵀ | a_i b_iᵀ] (zeros for i = 0)."""
+    c = a.shape[1]
+    torch.bmm(a, b.transpose(1, 2), out=out[:, :, c:])
+    torch.bmm(a[1:], b[:-1].transpose(1, 2), out=out[1:, :, :c])
+    out[0, :, :c] = 0
+    return out
+
+
+def _weighted_sums(w: Tensor, b: Tensor) -> Tensor:
+    """The inverse pairing: w (G·C, c, 2c), b (G·C, c, d) -> w_i[:, :c] b_{i-1} + w_i[:, c:] b_i."""
+    c = b.shape[1]
+    out = torch.bmm(w[:, :, c:], b)
+    out[1:].baddbmm_(w[1:, :, :c], b[:-1])
+    return out
+
+
+def _weighted_sums_t(w: Tensor, a: Tensor) -> Tensor:
+    """The transposed pairing: w (G·C, c, 2c), a (G·C, c, d) -> w_iᵀ[c:] a_i + w_{i+1}ᵀ[:c] a_{i+1}
+    (what each chunk of keys receives from its own chunk of queries and the next)."""
+    c = a.shape[1]
+    out = torch.bmm(w[:, :, c:].transpose(1, 2), a)
+    out[:-1].baddbmm_(w[1:, :, :c].transpose(1, 2), a[1:])
+    return out
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """Softmax attention of each chunk of c sorted queries to the 2c keys of its own chunk and
+    the one before.
+
+    q, k, v (G, C·c, d) sorted, k already scaled by 1/√d; blocked (G, C, c, 2c) bool, at least
+    one False per row -> out (G, C·c, d) and each row's log-sum-exp (G, C·c). The chunks of all
+    G rows are processed as one sequence of G·C chunks: the pairs that cross from one row into
+    the next are blocked (the first chunk of a row has no chunk before it).
+
+    The hand-written backward keeps the work over the (G·C, c, 2c) weights P to batched products
+    and two element-wise passes: dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O) + dlse), which includes the
+    gradient through the log-sum-exp (the rounds' merge weights).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, c: int):
+        G, Np, d = q.shape
+        qc, kc, vc = q.reshape(-1, c, d), k.reshape(-1, c, d), v.reshape(-1, c, d)
+        scores = _pair_products(qc, kc, q.new_empty(qc.shape[0], c, 2 * c))
+        scores.masked_fill_(blocked.view_as(scores), float("-inf"))
+        top = scores.amax(-1, keepdim=True)
+        weights = torch.softmax(scores, -1)
+        lse = top - weights.amax(-1, keepdim=True).log()  # largest weight = exp(top - lse)
+        out = _weighted_sums(weights, vc)  # (G·C, c, d)
+        ctx.save_for_backward(qc, kc, vc, weights, out)
+        return out.view(G, Np, d), lse.view(G, Np)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_lse: Tensor):
+        qc, kc, vc, weights, out = ctx.saved_tensors
+        G, Np, d = grad_out.shape
+        c = qc.shape[1]
+        grad_out = grad_out.reshape(-1, c, d)
+        delta = (grad_out * out).sum(-1, keepdim=True) - grad_lse.reshape(-1, c, 1)
+        grad_scores = _pair_products(grad_out, vc, torch.empty_like(weights))  # dO Vᵀ
+        grad_scores.sub_(delta).mul_(weights)  # dS
+        grad_q = _weighted_sums(grad_scores, kc).view(G, Np, d)
+        grad_k = _weighted_sums_t(grad_scores, qc).view(G, Np, d)
+        grad_v = _weighted_sums_t(weights, grad_out).view(G, Np, d)
+        return grad_q, grad_k, grad_v, None, None
 
 
 def lsh_attention(
@@ -80,7 +151,6 @@ def lsh_attention(
     rotations: Tensor,
     bucket_size: int,
     key_padding_mask: Tensor | None = None,
-    dropout_p: float = 0.0,
 ) -> Tensor:
     """Shared-QK LSH attention: qk, v (B, H, N, d), rotations (n_hashes, d, >= b/2) -> (B, H, N, d).
 
@@ -102,43 +172,43 @@ def lsh_attention(
     n_buckets = num_buckets(keep.sum(-1), c)
     dtype = torch.promote_types(qk.dtype, torch.float32)
     with torch.autocast(device_type=qk.device.type, enabled=False):
-        qk = F.pad(qk.to(dtype), (0, 0, 0, Np - N))
-        v = F.pad(v.to(dtype), (0, 0, 0, Np - N))
-        keep = F.pad(keep, (0, Np - N), value=False)
-        keys = F.normalize(qk, dim=-1)
+        qk, v = qk.to(dtype), v.to(dtype)
+        if Np > N:
+            qk, v = F.pad(qk, (0, 0, 0, Np - N)), F.pad(v, (0, 0, 0, Np - N))
+            keep = F.pad(keep, (0, Np - N), value=False)
 
-        with torch.no_grad():  # the hashing and sorting carry no gradient
-            buckets = lsh_buckets(keys, rotations, n_buckets)  # (B, H, R, Np)
+        with torch.no_grad():  # the hashing, sorting and masks carry no gradient
+            buckets = lsh_buckets(qk, rotations, n_buckets)  # (B, H, R, Np)
             never = int(n_buckets.max())  # padding's bucket: after every real one
             buckets = buckets.masked_fill(~keep[:, None, None, :], never)
             buckets, order = buckets.sort(dim=-1, stable=True)  # order: positions, sorted
             b_q = buckets.view(B, H, R, C, c)
-            b_k = _look_back(b_q[..., None], fill=-1)[..., 0]  # (B, H, R, C, 2c)
+            b_k = _look_back(b_q, fill=-1)  # (B, H, R, C, 2c)
             pos_q = order.view(B, H, R, C, c)
-            pos_k = _look_back(pos_q[..., None], fill=-1)[..., 0]
-            # same bucket, a real key, not itself ...
-            allowed = ((b_q[..., :, None] == b_k[..., None, :]) & (b_k != never)[..., None, :]
-                       & (pos_q[..., :, None] != pos_k[..., None, :]))  # (B, H, R, C, c, 2c)
-            # ... unless there is no other key
-            itself = pos_q[..., :, None] == pos_k[..., None, :]
-            allowed |= itself & ~allowed.any(-1, keepdim=True)
+            pos_k = _look_back(pos_q, fill=-1)
+            # blocked: another bucket, padding, or itself ...
+            itself = pos_q[..., :, None] == pos_k[..., None, :]  # (B, H, R, C, c, 2c)
+            blocked = ((b_q[..., :, None] != b_k[..., None, :]) | (b_k == never)[..., None, :]
+                       | itself)
+            # ... but a token with no other key attends to itself
+            blocked &= ~(itself & blocked.all(-1, keepdim=True))
+            # rows of (B·H·Np, d) in each round's sorted order, and of (B·H·R·Np, d) back
+            arange = torch.arange(B * H * R, device=qk.device).view(B, H, R, 1)
+            sort_rows = (order + arange // R * Np).flatten()
+            unsort_rows = (order.argsort(-1) + arange * Np).flatten()
 
-        def chunked(t: Tensor) -> Tensor:  # (B, H, Np, e) -> sorted (B, H, R, C, c, e)
-            index = order.flatten(2)[..., None].expand(-1, -1, -1, t.shape[-1])
-            return t.gather(2, index).view(B, H, R, C, c, -1)
+        def sort(t: Tensor) -> Tensor:  # (B, H, Np, d) -> (B·H·R, Np, d), in each round's order
+            return t.reshape(-1, d).index_select(0, sort_rows).view(B * H * R, Np, d)
 
-        scores = chunked(qk) @ _look_back(chunked(keys)).transpose(-1, -2) * d**-0.5
-        scores = scores.masked_fill(~allowed, float("-inf"))  # (B, H, R, C, c, 2c)
-        lse = scores.logsumexp(-1, keepdim=True)  # finite: every row has a key
-        weights = torch.exp(scores - lse)
-        if dropout_p:
-            weights = F.dropout(weights, dropout_p)
-        out = weights @ _look_back(chunked(v))  # (B, H, R, C, c, d), sorted
+        sorted_qk = sort(qk)
+        # the key of a token: its query at unit length (here also divided by √d)
+        inv_norm = sorted_qk.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()
+        keys = sorted_qk * (inv_norm * d**-0.5)
+        out, lse = _ChunkedAttention.apply(sorted_qk, keys, sort(v), blocked.flatten(0, 2), c)
 
-        # back to positions, then merge the rounds
-        unsort = order.argsort(-1)  # (B, H, R, Np)
-        out = out.view(B, H, R, Np, d).gather(3, unsort[..., None].expand(-1, -1, -1, -1, d))
-        lse = lse.view(B, H, R, Np).gather(3, unsort)
+        # back to positions, then merge the rounds by their log-sum-exp
+        out = out.reshape(-1, d).index_select(0, unsort_rows).view(B, H, R, Np, d)
+        lse = lse.flatten().index_select(0, unsort_rows).view(B, H, R, Np)
         out = (torch.softmax(lse, dim=2)[..., None] * out).sum(2)  # (B, H, Np, d)
     return out[:, :, :N].to(v.dtype)
 
@@ -160,7 +230,7 @@ class ReformerAttention(SelfAttention):
     Queries and keys share one projection, W_qk = (W_q + W_k) / 2 (and its bias alike): the
     ``q_proj`` and ``k_proj`` layers stay, so state dicts move between backends, and both train.
     ``global_mask`` is accepted and ignored (every token may reach any other through its
-    buckets). ``dropout`` applies to the attention weights.
+    buckets). ``dropout`` is not applied (as in ``performer``, ``nystrom`` and ``linear``).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, n_hashes: int = 2, bucket_size: int = 64,
@@ -217,8 +287,7 @@ class ReformerAttention(SelfAttention):
         rotations = self.rotations(n_half, q.device)
         if self.training:
             self.calls += 1
-        p = self.dropout if self.training else 0.0
-        return lsh_attention(q, v, rotations, self.bucket_size, key_padding_mask, dropout_p=p)
+        return lsh_attention(q, v, rotations, self.bucket_size, key_padding_mask)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, n_hashes={self.n_hashes}, "

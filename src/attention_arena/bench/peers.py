@@ -119,6 +119,66 @@ class _PeerLongformerHF(nn.Module):
         return self.out(out[:, :N])
 
 
+class _PeerNystrom(nn.Module):
+    """lucidrains ``NystromAttention`` (q/k/v and out projections inside)."""
+
+    def __init__(self, D, H, N, num_landmarks, pinv_iterations, conv_kernel):
+        super().__init__()
+        from nystrom_attention import NystromAttention
+
+        if pinv_iterations is None:
+            raise ValueError("peer:nystrom-attention has no exact pseudo-inverse; give "
+                             "pinv_iterations a number")
+        self.attn = NystromAttention(dim=D, dim_head=D // H, heads=H, num_landmarks=num_landmarks,
+                                     pinv_iterations=pinv_iterations, residual=bool(conv_kernel),
+                                     residual_conv_kernel=conv_kernel or 33)
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+class _PeerReformer(nn.Module):
+    """lucidrains ``LSHSelfAttention`` (same-bucket keys only, like ours), N padded with masked
+    positions to the multiple of ``2 · bucket_size`` it requires."""
+
+    def __init__(self, D, H, N, bucket_size, n_hashes):
+        super().__init__()
+        from reformer_pytorch import LSHSelfAttention
+
+        self.multiple = 2 * bucket_size
+        self.attn = LSHSelfAttention(dim=D, heads=H, dim_head=D // H, bucket_size=bucket_size,
+                                     n_hashes=n_hashes, attend_across_buckets=False)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        pad = (-N) % self.multiple
+        if not pad:
+            return self.attn(x)
+        keep = torch.arange(N + pad, device=x.device).expand(B, -1) < N
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        return self.attn(x, input_mask=keep)[:, :N]
+
+
+class _PeerLinearEinsum(nn.Module):
+    """fast-transformers' ``LinearAttention`` forward (elu + 1, three einsums, eps 1e-6) inside
+    q/k/v/out Linear layers like ours: ``pytorch-fast-transformers`` only builds with CUDA, so
+    its forward is copied here (it needs nothing but torch)."""
+
+    def __init__(self, D, H, N):
+        super().__init__()
+        self.H, self.eps = H, 1e-6
+        self.q, self.k, self.v, self.out = (nn.Linear(D, D) for _ in range(4))
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = (lin(x).view(B, N, self.H, D // self.H) for lin in (self.q, self.k, self.v))
+        q, k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+        kv = torch.einsum("nshd,nshm->nhmd", k, v)
+        z = 1 / (torch.einsum("nlhd,nhd->nlh", q, k.sum(dim=1)) + self.eps)
+        out = torch.einsum("nlhd,nhmd,nlh->nlhm", q, kv, z)
+        return self.out(out.reshape(B, N, D))
+
+
 PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer("peer:linformer", "linformer", "linformer", "linformer==0.2.3", _PeerLinformer,
          ("k",)),
@@ -128,4 +188,9 @@ PEERS: dict[str, Peer] = {p.name: p for p in [
          _PeerLocalAttention, ("window",)),
     Peer("peer:longformer-hf", "longformer", "transformers", "transformers", _PeerLongformerHF,
          ("window",)),
+    Peer("peer:nystrom-attention", "nystrom", "nystrom_attention", "nystrom-attention",
+         _PeerNystrom, ("num_landmarks", "pinv_iterations", "conv_kernel")),
+    Peer("peer:reformer-pytorch", "reformer", "reformer_pytorch", "reformer-pytorch",
+         _PeerReformer, ("bucket_size", "n_hashes")),
+    Peer("peer:linear-einsum", "linear", "torch", "torch", _PeerLinearEinsum, ()),
 ]}
