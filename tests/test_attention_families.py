@@ -19,6 +19,8 @@ from attention_arena.attention.nystrom import (
     nystrom_attention,
 )
 from attention_arena.attention.reformer import lsh_attention, lsh_rotations, num_buckets
+from attention_arena.bench import useful_flops
+from attention_arena.bench.peers import PEERS
 from attention_arena.model import TransformerClassifier
 from attention_arena.train import CONF_DIR
 
@@ -184,6 +186,20 @@ def test_linear_accumulates_in_fp32_under_autocast():
     assert torch.equal(out, linear_attention(q.float(), k.float(), v.float()).bfloat16())
     exact = linear_attention(q.double(), k.double(), v.double())
     assert ((out.double() - exact).norm() / exact.norm()).item() < 3e-3
+
+
+def test_linear_matches_fast_transformers_formula():
+    """The einsum port of fast-transformers' LinearAttention (arena-bench's peer) with our
+    weights: the same outputs up to its ε = 1e-6 in the denominator."""
+    from attention_arena.bench.peers import _PeerLinearEinsum
+
+    ours = make("linear").double()
+    peer = _PeerLinearEinsum(D, H, 50).double()
+    for mine, theirs in ((ours.q_proj, peer.q), (ours.k_proj, peer.k), (ours.v_proj, peer.v),
+                         (ours.out_proj, peer.out)):
+        theirs.load_state_dict(mine.state_dict())
+    x = torch.randn(2, 50, D, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), peer(x), atol=1e-7, rtol=1e-6)
 
 
 # --- Reformer -------------------------------------------------------------------------------
@@ -425,3 +441,19 @@ def test_flops_match_hand_computed_values(name, options, expected):
     module = build_attention(name, embed_dim=8, num_heads=2, **options)
     assert module.flops(16) == expected
     assert module.flops(16, batch=3) == 3 * expected
+    # arena-bench counts the same, and a public implementation as its method
+    assert useful_flops(name, 16, 1, 2, 4, options) == expected
+    for peer in PEERS.values():
+        if peer.method == name:
+            mirrored = {k: v for k, v in options.items() if k in peer.mirrors}
+            assert useful_flops(peer.name, 16, 1, 2, 4, mirrored) == expected, peer.name
+
+
+def test_every_family_has_a_peer():
+    assert {p.method for p in PEERS.values()} >= set(FAMILIES)
+
+
+def test_nystrom_flops_cap_landmarks_at_the_length():
+    attn = build_attention("nystrom", embed_dim=8, num_heads=2, num_landmarks=64)
+    assert attn.attention_flops(16) == build_attention(
+        "nystrom", embed_dim=8, num_heads=2, num_landmarks=16).attention_flops(16)

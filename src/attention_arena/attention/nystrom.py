@@ -9,8 +9,9 @@ Landmarks pool *real* tokens only. The L real tokens of a sequence (padding may 
 cut, in order, into m segments: the real token of rank r goes to segment ⌊r · m / L⌋. Landmarks,
 and so the outputs at real positions, do not depend on how much padding there is. When L < m some
 segments are empty: their landmarks get no weight in softmax(Q K̃ᵀ), and an identity block in A
-keeps them apart from the real ones in A⁺. With m ≥ L every real token is its own landmark and,
-with an exact pseudo-inverse, the method equals softmax attention (A⁺ cancels A).
+keeps them apart from the real ones in A⁺, so they change nothing (and m is capped at N). With
+m ≥ L every real token is its own landmark and, with an exact pseudo-inverse, the method equals
+softmax attention (A⁺ cancels A).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def nystrom_attention(
     stable in half precision.
     """
     B, H, N, d = q.shape
-    m = num_landmarks
+    m = min(num_landmarks, N)  # more would only add empty landmarks (see the module docstring)
     dtype = torch.promote_types(q.dtype, torch.float32)
     scale = d**-0.5  # applied to the m landmarks, not to the N queries
     with torch.autocast(device_type=q.device.type, enabled=False):
@@ -169,11 +170,13 @@ class NystromAttention(SelfAttention):
                 f"pinv_iterations={self.pinv_iterations}, conv_kernel={self.conv_kernel}")
 
     def attention_flops(self, seq_len: int, batch: int = 1) -> float:
-        """The scores ``QK̃ᵀ`` and ``Q̃Kᵀ`` and the products ``kernel₃V`` and ``kernel₁(·)``
-        ``4 · 2·B·H·N·m·d``; ``Q̃K̃ᵀ`` and ``A⁺(·)`` ``2 · 2·B·H·m²·d``; four m × m products per
-        pseudo-inverse iteration ``4 · 2·B·H·m³`` (none counted for the exact one); the
-        convolution ``2·B·H·N·d·conv_kernel``. Landmark means and softmax are not counted."""
-        bh, n, m, d = batch * self.num_heads, seq_len, self.num_landmarks, self.head_dim
+        """With m = min(num_landmarks, N): the scores ``QK̃ᵀ`` and ``Q̃Kᵀ`` and the products
+        ``kernel₃V`` and ``kernel₁(·)`` ``4 · 2·B·H·N·m·d``; ``Q̃K̃ᵀ`` and ``A⁺(·)``
+        ``2 · 2·B·H·m²·d``; four m × m products per pseudo-inverse iteration ``4 · 2·B·H·m³``
+        (none counted for the exact one); the convolution ``2·B·H·N·d·conv_kernel``. Landmark
+        means and softmax are not counted."""
+        bh, n, d = batch * self.num_heads, seq_len, self.head_dim
+        m = min(self.num_landmarks, seq_len)
         flops = 4 * 2 * bh * n * m * d + 2 * 2 * bh * m * m * d
         flops += 4 * 2 * bh * m**3 * (self.pinv_iterations or 0)
         if self.conv_kernel:
