@@ -120,3 +120,16 @@ class LinformerAttention(SelfAttention):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, k={self.k}, max_len={self.max_len}, "
                 f"share_kv={self.share_kv}")
+
+    @classmethod
+    def fit_to_length(cls, options: dict, max_len: int) -> tuple[dict, list[str]]:
+        """Cap ``k`` at the sequence length (and at the ``max_len`` option, if given)."""
+        import inspect
+
+        options = dict(options)
+        limit = min(int(max_len), int(options.get("max_len", max_len)))
+        k = int(options.get("k", inspect.signature(cls).parameters["k"].default))
+        if k <= limit:
+            return options, []
+        options["k"] = limit
+        return options, [f"linformer k capped from {k} to {limit} = max_len"]
