@@ -1,9 +1,13 @@
-"""Small helpers shared by the training script and tests: OmegaConf resolvers, formatting."""
+"""Small helpers shared by the training script, the comparison and tests: OmegaConf resolvers,
+formatting, and reading a sweep back (its grid, its jobs' directories and status)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -71,3 +75,136 @@ def format_table(rows: Mapping[str, Any]) -> str:
 
     width = max(len(k) for k in rows)
     return "\n".join(f"  {k:<{width}}  {fmt(v)}" for k, v in rows.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps: the grid of a Hydra multirun and where each of its jobs stands
+# --------------------------------------------------------------------------------------------
+
+#: Structured run information written after :data:`METRIC_KEYS` in ``metrics.json``.
+RUN_KEYS = ("kind", "job", "notes", "tokenizer", "data_stats")
+
+#: A job of a sweep that has a directory but no final status was killed (or is still running).
+FINISHED = ("ok", "failed")
+
+
+def sweep_grid(sweep_dir: str | Path) -> list[list[str]]:
+    """Every job's task overrides (``key=value`` strings), in Hydra's job order (job num = index).
+
+    Read from ``SWEEP_DIR/multirun.yaml`` (written by Hydra's basic sweeper when a sweep starts):
+    the sweeper's ``params`` followed by the command line's task overrides, expanded exactly as
+    the basic sweeper expands them (a cartesian product, later keys varying fastest).
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {sweep_dir} is not the directory of a "
+                                f"Hydra sweep (arena-train -m / arena-compare-run)")
+    hydra_cfg = OmegaConf.load(path).hydra
+    sweeper = str(hydra_cfg.sweeper.get("_target_", ""))
+    if not sweeper.endswith("BasicSweeper"):
+        raise ValueError(f"{path}: the sweep used {sweeper or 'an unknown sweeper'}; only the "
+                         f"basic sweeper's grid can be read back")
+    params = hydra_cfg.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += [str(o) for o in hydra_cfg.overrides.task]
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run's ``metrics.json`` as a dict; None if it is missing or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_dirs(sweep_dir: str | Path) -> dict[int, Path]:
+    """Job num -> run directory, for every job of the sweep that started (has a directory).
+
+    The num comes from the run's ``metrics.json`` (``job.num``), else from the job's Hydra config
+    (``.hydra/hydra.yaml``: ``hydra.job.num``), so any ``hydra.sweep.subdir`` pattern works.
+    """
+    found: dict[int, Path] = {}
+    for run_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+        num = ((read_metrics(run_dir) or {}).get("job") or {}).get("num")
+        if num is None and (run_dir / ".hydra" / "hydra.yaml").is_file():
+            num = OmegaConf.select(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml"),
+                                   "hydra.job.num", default=None)
+        if isinstance(num, int):
+            found[num] = run_dir
+    return found
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One job of a sweep's grid.
+
+    ``status``: ``ok`` | ``failed`` (from its metrics.json) | ``running`` (started, no final
+    status: still running, or killed) | ``not run`` (no directory).
+    """
+
+    num: int
+    overrides: list[str]
+    run_dir: Path | None
+    status: str
+
+
+def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
+    """Every job of the sweep's grid (:func:`sweep_grid`) with its directory and status."""
+    dirs = job_dirs(sweep_dir)
+    jobs = []
+    for num, overrides in enumerate(sweep_grid(sweep_dir)):
+        run_dir = dirs.get(num)
+        status = "not run"
+        if run_dir is not None:
+            status = (read_metrics(run_dir) or {}).get("status")
+            status = status if status in FINISHED else "running"
+        jobs.append(SweepJob(num, overrides, run_dir, status))
+    return jobs
+
+
+@dataclass(frozen=True)
+class JobPosition:
+    """Where a job stands in its sweep: ``num`` (0-based), ``total`` jobs, the sweep directory."""
+
+    num: int
+    total: int | None
+    sweep_dir: Path
+
+    def __str__(self) -> str:
+        return f"[{self.num + 1}/{self.total or '?'}]"
+
+
+def job_position() -> JobPosition | None:
+    """This Hydra job's place in its sweep; None outside a sweep (or outside Hydra).
+
+    A job is in a sweep when Hydra gave it a job num: every job of ``arena-train -m``, and the
+    jobs that ``arena-compare-run --resume`` reruns (it passes ``hydra.job.num`` and
+    ``hydra.sweep.dir``). The total is the size of the grid in ``multirun.yaml``.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    num = OmegaConf.select(hc, "job.num", default=None)
+    if num is None:
+        return None
+    sweep_dir = Path(str(hc.sweep.dir))
+    try:
+        total: int | None = len(sweep_grid(sweep_dir))
+    except (OSError, ValueError):  # another sweeper (e.g. optuna): no grid to count
+        total = None
+    return JobPosition(int(num), total, sweep_dir)
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` / ``2:03`` (minutes:seconds under an hour)."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
