@@ -356,13 +356,17 @@ def test_performer_is_stable_with_large_norms():
     assert torch.isfinite(favor_attention(q, k, v, w, pad)).all()
 
 
-def test_performer_is_exact_when_the_exponent_is_below_minus_1e4():
-    # scale 60, d = 16: ||x'||^2 / 2 exceeds 1e4 for many rows; only all-padding rows need a
-    # guard against an infinite stabiliser
-    q, k, v = qkv(N=128, d=16, dtype=torch.float64, scale=60.0)
+@pytest.mark.parametrize("q_scale,k_scale", [(60.0, 1.0), (1.0, 300.0)])
+def test_performer_is_exact_when_the_exponent_is_below_minus_1e4(q_scale, k_scale):
+    # d = 16: ||x'||^2 / 2 exceeds 1e4 for many queries (scale 60) or for every real key (scale
+    # 300); only all-padding rows need a guard against an infinite stabiliser
+    q, k, v = qkv(N=128, d=16, dtype=torch.float64)
+    q, k = q * q_scale, k * k_scale
     w = orthogonal_random_features(64, 16, torch.Generator().manual_seed(0))
     pad, _ = masks(2, 128)
-    assert (0.5 * (q * q).sum(-1) / 4 > 1e4).any()
+    half_sq_q, half_sq_k = (0.5 * (x * x).sum(-1) / 4 for x in (q, k))  # ||x'||^2 / 2
+    real = ~pad[:, None, :].expand_as(half_sq_k)
+    assert (half_sq_q > 1e4).any() or (half_sq_k[real] > 1e4).all()
     torch.testing.assert_close(favor_attention(q, k, v, w, pad), explicit_favor(q, k, v, w, pad),
                                atol=1e-10, rtol=1e-10)
 

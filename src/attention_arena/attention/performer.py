@@ -56,12 +56,14 @@ class _PositiveFeatures(torch.autograd.Function):
             half_sq = half_sq.masked_fill(~keep[:, None, :, None], float("inf"))
         e = (x.flatten(0, -2) @ w.T).view(B, H, N, -1)  # (B, H, N, m), one GEMM
         m = e.shape[-1]
-        row_max, col = e.max(-1, keepdim=True)  # (B, H, N, 1) each: max of W x and its feature
-        c = row_max - half_sq  # the max of each row's exponent
-        top = torch.arange(N, device=x.device)[:, None] * m + col  # flat index of each max
-        if not per_row:
-            c, row = c.max(-2, keepdim=True)  # (B, H, 1, 1): the max over all rows
-            top = top.gather(-2, row)
+        # c and the flat index (row · m + feature) of the exponent's max, for the backward
+        if per_row:
+            row_max, col = e.max(-1, keepdim=True)  # (B, H, N, 1) each
+            c = row_max - half_sq
+            top = torch.arange(N, device=x.device)[:, None] * m + col
+        else:  # one argmax per (batch, head): find its row first (an indexed max is slow)
+            c, row = (e.amax(-1, keepdim=True) - half_sq).max(-2, keepdim=True)  # (B, H, 1, 1)
+            top = row * m + e.gather(-2, row.expand(B, H, 1, m)).argmax(-1, keepdim=True)
         if keep is not None:  # rows of padding only: c = -inf; any finite c keeps them at 0
             c = c.masked_fill(c.isneginf(), 0.0)
         e.sub_(half_sq + c).exp_()
