@@ -591,3 +591,20 @@ def test_datamodule_pickles_for_ddp_spawn(tmp_path):
     clone = pickle.loads(pickle.dumps(dm))
     assert clone.num_classes == dm.num_classes == 5
     assert next(iter(clone.train_dataloader()))["input_ids"].shape[1] <= 64
+
+
+def test_example_ids_and_split_texts_match_the_loaders(tmp_path):
+    import hashlib
+
+    m = dm(max_length=64, limit_examples=60, cache_dir=str(tmp_path))
+    with pytest.warns(DataWarning):
+        m.setup()
+    for split in ("train", "val", "test"):
+        texts, labels = m.split_texts(split)
+        assert len(texts) == len(m.splits[split])
+        assert m.example_ids(split) == [hashlib.sha1(t.encode()).hexdigest()[:16] for t in texts]
+        assert labels == m.splits[split].labels.tolist()
+        first = ByteTokenizer().encode(texts[0], 64)
+        assert first == m.splits[split].ids[: m.splits[split].offsets[1]].tolist()
+    loader = [b["labels"] for b in m.val_dataloader()]
+    assert torch.cat(loader).tolist() == m.split_texts("val")[1]

@@ -208,14 +208,14 @@ class TextClassificationDataModule(L.LightningDataModule):
             return
         data, self._prepared = self._prepared or self._load(), None
         splits = dict(data.splits)
+        self._kept = {name: None for name in splits}  # indices kept by limit_examples
         total = sum(len(s) for s in splits.values())
         limit = self.limit_examples
         if limit is not None and limit < total and not self._limit_in_source:
             sizes = _shrink([len(s) for s in splits.values()], limit)
             for (name, split), k in zip(list(splits.items()), sizes, strict=True):
-                splits[name] = split.subset(
-                    stratified_subsample(split.labels.tolist(), k, self.seed)
-                )
+                self._kept[name] = stratified_subsample(split.labels.tolist(), k, self.seed)
+                splits[name] = split.subset(self._kept[name])
         self.data = data
         self.splits = splits
         self.datasets = {name: TokenizedDataset(split) for name, split in splits.items()}
@@ -244,6 +244,26 @@ class TextClassificationDataModule(L.LightningDataModule):
         """Examples per split after ``limit_examples``."""
         self.setup()
         return {name: len(ds) for name, ds in self.datasets.items()}
+
+    def example_ids(self, split: str) -> list[str]:
+        """A stable id per example of ``split`` in loader order: SHA-1 of its text, 16 hex chars."""
+        self.setup()
+        return [f"{h:016x}" for h in self.splits[split].hashes.tolist()]
+
+    def split_texts(self, split: str) -> tuple[list[str], list[int]]:
+        """Full (untruncated) texts and labels of ``split``, the same examples in loader order."""
+        self.setup()
+        # interim: texts are re-read from the source (the data branch stores them in the cache)
+        from .sources import load_text_splits
+
+        splits, _, _ = load_text_splits(
+            self.name, self.options, self.seed, self.val_fraction, self.test_fraction
+        )
+        texts, labels = splits[split]
+        kept = self._kept[split]
+        if kept is not None:
+            texts, labels = [texts[i] for i in kept], [labels[i] for i in kept]
+        return list(texts), list(labels)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
