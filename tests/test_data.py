@@ -770,3 +770,15 @@ def test_tokenizer_choice_is_checked_per_data_set():
 )
 def test_shrink_sizes(sizes, limit, expected):
     assert shrink_sizes(sizes, limit) == expected
+
+
+def test_class_missing_from_a_small_sample_only_warns(tmp_path):
+    rows = [(f"note {i}", "animal" if i % 2 else "finance") for i in range(12)]
+    train = write(tmp_path / "train.csv", rows + [ROWS[8]])  # 6 + 6 + one sport example
+    test = write(tmp_path / "test.csv", [ROWS[9], ROWS[10]])  # two sport examples
+    # 5 of 15 examples: train keeps 4 (2 animal, 2 finance; sport's share is 0.3), test 1
+    with pytest.warns(DataWarning, match="'sport' .*not in the training split.*raise data.limit"):
+        m = dm(name="files", path=str(train), test_path=str(test), limit_examples=5,
+               val_fraction=0.0, tokenizer="bytes")
+        m.setup()
+    assert 2 not in m.split_texts("train")[1] and 2 in m.split_texts("test")[1]

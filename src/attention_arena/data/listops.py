@@ -178,6 +178,7 @@ class ListOps(Source):
     listops_seed: int | None = None
 
     tokenizers = ("listops",)
+    generated = True
 
     def _seed(self, seed: int) -> int:
         return seed if self.listops_seed is None else self.listops_seed

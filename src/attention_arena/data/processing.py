@@ -355,22 +355,33 @@ def limit_splits(
 
 
 def check_train_covers_classes(
-    splits: dict[str, tuple[list[str], list[int]]], class_names: Sequence[str], where: str
+    splits: dict[str, tuple[list[str], list[int]]],
+    class_names: Sequence[str],
+    where: str,
+    strict: bool = True,
 ) -> None:
-    """Raise a :class:`DataError` naming every class that has val/test examples but no train one."""
+    """Name every class that has val/test examples but no training one: a :class:`DataError`, or
+    a :class:`DataWarning` when not ``strict`` (a sample of a generated or limited data set)."""
     in_train = set(splits["train"][1])
     orphans: dict[int, int] = {}
     for split in ("val", "test"):
         for y in splits.get(split, ([], []))[1]:
             if y not in in_train:
                 orphans[y] = orphans.get(y, 0) + 1
-    if orphans:
-        found = ", ".join(
-            f"{class_names[c]!r} ({n} example{'s' if n > 1 else ''})"
-            for c, n in sorted(orphans.items())
-        )
+    if not orphans:
+        return
+    found = ", ".join(
+        f"{class_names[c]!r} ({n} example{'s' if n > 1 else ''})"
+        for c, n in sorted(orphans.items())
+    )
+    msg = f"{where}: class(es) {found} occur in val/test but not in the training split, so the " \
+        "model never sees them"
+    if strict:
         raise DataError(
-            f"{where}: class(es) {found} occur in val/test but not in the training split, so "
-            "the model never sees them; fix: add training examples of these classes (or drop "
-            "their val/test rows; with data.limit_examples, raise it)."
+            f"{msg}; fix: add training examples of these classes, or drop their val/test rows."
         )
+    warnings.warn(
+        f"{msg} (a small sample; fix: raise data.limit_examples or the number of examples).",
+        DataWarning,
+        stacklevel=2,
+    )

@@ -26,6 +26,8 @@ class Source:
     """Tokenizers this source supports; the first is its default."""
     warn_duplicates: ClassVar[bool] = True
     """Warn about merged duplicates (else only log a note: for corpora known to hold some)."""
+    generated: ClassVar[bool] = False
+    """Synthetic data: a class missing from a small training sample is a warning, not an error."""
 
     def load(self, seed: int, limit: int | None, cache_dir: Path) -> RawData:
         """Raw texts and labels. ``limit`` is a hint for generated sources (make only that many)."""
