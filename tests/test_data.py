@@ -30,6 +30,7 @@ from attention_arena.data import (
 )
 from attention_arena.data.bbc_news import load_bbc_news
 from attention_arena.data.listops import generate_listops
+from attention_arena.data.pipeline import SplitSpec
 from attention_arena.data.processing import (
     RawData,
     deduplicate,
@@ -53,7 +54,7 @@ def _cache_env(tmp_path, monkeypatch):
 def bbc_splits():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
-        ts = load_text_splits(make_source("bbc_news"), seed=0, val_fraction=0.1, test_fraction=0.1)
+        ts = load_text_splits(make_source("bbc_news"), SplitSpec(0, 0.1, 0.1))
     return ts.splits, ts.class_names, ts.notes
 
 
@@ -154,7 +155,7 @@ def test_splits_deterministic_order_independent_and_seeded(bbc_splits):
     c = stratified_split(texts, labels, fr, seed=1)
     assert set(a["val"]) != set(c["val"]) and set(a["test"]) != set(c["test"])
     with pytest.warns(DataWarning):
-        again = load_text_splits(make_source("bbc_news"), 0, 0.1, 0.1).splits
+        again = load_text_splits(make_source("bbc_news"), SplitSpec(seed=0)).splits
     assert again == splits
 
 

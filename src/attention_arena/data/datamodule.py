@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError, DataWarning
-from .pipeline import ProcessedData, TokenizedSplit, load_processed
+from .pipeline import ProcessedData, SplitSpec, TokenizedSplit, load_processed
 from .sources import make_source
 from .tokenizer import PAD_ID, Tokenizer, TokenizerSpec, save_tokenizer
 
@@ -150,10 +150,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        self.split_spec = SplitSpec(seed, val_fraction, test_fraction, limit_examples)
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.limit_examples = limit_examples
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.pad_id = PAD_ID
         self.data: ProcessedData | None = None
@@ -163,14 +161,7 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def _load(self) -> ProcessedData:
         return load_processed(
-            self.source,
-            self.tokenizer_spec,
-            self.max_length,
-            self.seed,
-            self.val_fraction,
-            self.test_fraction,
-            self.limit_examples,
-            self.cache_dir,
+            self.source, self.tokenizer_spec, self.max_length, self.split_spec, self.cache_dir
         )
 
     def prepare_data(self) -> None:

@@ -15,6 +15,7 @@ on cache hits; notes (duplicates merged, inputs identical to a training input) a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -63,20 +64,28 @@ class TextSplits:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a source's texts become splits: the seed, the shares carved off for missing val/test
+    splits and ``limit`` (``data.limit_examples``: keep about this many examples in total)."""
+
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    limit: int | None = None
+
+
 def load_text_splits(
-    source: Source,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    limit: int | None = None,
-    cache_dir: str | Path | None = None,
+    source: Source, split: SplitSpec = SplitSpec(), cache_dir: str | Path | None = None
 ) -> TextSplits:
     """Step 1 (not cached): de-duplicated train/val/test texts of ``source``, in dataset order."""
     caught: list[str] = []
+    seed, limit = split.seed, split.limit
     with recording_warnings(caught):
         raw = source.load(seed, limit, cache_root(cache_dir))
         raw = deduplicate(raw, source.describe(), warn=source.warn_duplicates)
-        splits = limit_splits(finalize_splits(raw, val_fraction, test_fraction, seed), limit, seed)
+        carved = finalize_splits(raw, split.val_fraction, split.test_fraction, seed)
+        splits = limit_splits(carved, limit, seed)
         strict = limit is None and not source.generated  # else a sample may just miss a class
         check_train_covers_classes(splits, raw.class_names, source.describe(), strict)
     return TextSplits(splits, raw.class_names, raw.notes, caught)
@@ -229,10 +238,7 @@ def load_processed(
     source: Source,
     tokenizer: TokenizerSpec,
     max_length: int = 4096,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    limit: int | None = None,
+    split: SplitSpec = SplitSpec(),
     cache_dir: str | Path | None = None,
 ) -> ProcessedData:
     """Tokenized splits of ``source``, from the cache when every fingerprint matches."""
@@ -241,15 +247,12 @@ def load_processed(
         {
             "version": CACHE_VERSION,
             "source": source.name,
-            "fingerprint": source.fingerprint(seed),
-            "seed": seed,
-            "fractions": [val_fraction, test_fraction],
-            "limit": limit,
+            "fingerprint": source.fingerprint(split.seed),
+            "split": dataclasses.asdict(split),
         }
     )
-    texts = functools.cache(  # loaded at most once, and only on a cache miss
-        lambda: load_text_splits(source, seed, val_fraction, test_fraction, limit, cache_dir)
-    )
+    # loaded at most once, and only on a cache miss
+    texts = functools.cache(lambda: load_text_splits(source, split, cache_dir))
     tok_key = digest({"texts": text_key, "tokenizer": tokenizer.key()})[:24]
     tok = build_tokenizer(
         tokenizer, texts, root / "tokenizers" / f"{source.name}-{tokenizer.name}-{tok_key}.json"
