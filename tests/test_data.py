@@ -383,6 +383,9 @@ def test_error_unknown_name_and_bad_settings(tmp_path):
         dm(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(DataError, match="data=files needs a file: set data.path"):
         dm(name="files").setup()
+    for name in ("files", "imdb"):
+        with pytest.raises(DataError, match="data.num_classes must be >= 2 or null, got 1"):
+            dm(name=name, num_classes=1)
 
 
 def test_error_missing_and_empty_files(tmp_path):
@@ -783,3 +786,12 @@ def test_class_missing_from_a_small_sample_only_warns(tmp_path):
                val_fraction=0.0, tokenizer="bytes")
         m.setup()
     assert 2 not in m.split_texts("train")[1] and 2 in m.split_texts("test")[1]
+
+
+def test_warnings_before_an_error_still_reach_the_user(tmp_path):
+    train = write(tmp_path / "train.csv", ROWS[:8])
+    train.write_bytes(train.read_bytes().replace(b"cat", b"c\xfft"))
+    test = write(tmp_path / "test.csv", [ROWS[8]])  # sport: not in train
+    with pytest.warns(DataWarning, match="not valid UTF-8"):
+        with pytest.raises(DataError, match="sport"):
+            dm(name="files", path=str(train), test_path=str(test)).setup()

@@ -135,10 +135,6 @@ class TextClassificationDataModule(L.LightningDataModule):
             )
         if limit_examples is not None and limit_examples < 3:
             raise DataError(f"data.limit_examples must be >= 3 or null, got {limit_examples}.")
-        if getattr(self.source, "num_classes", None) is not None and self.source.num_classes < 2:
-            raise DataError(
-                f"data.num_classes must be >= 2 or null, got {self.source.num_classes}."
-            )
         if max_length % pad_to_multiple_of:
             warnings.warn(
                 f"data.max_length={max_length} is not a multiple of data.pad_to_multiple_of="

@@ -11,7 +11,7 @@ from typing import Any
 from .cache import cache_root, content_fingerprint
 from .errors import DataError, DataWarning
 from .processing import RawData, check_texts, encode_labels, warn_bad_utf8
-from .sources import Source, register_source
+from .sources import Source, check_num_classes, register_source
 
 FILE_FORMATS = {
     ".csv": "csv",
@@ -165,6 +165,9 @@ class Files(Source):
     text_column: str = "text"
     label_column: str = "label"
     num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        check_num_classes(self.num_classes)
 
     def _paths(self) -> tuple[str, str | None, str | None]:
         if self.path is None:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from .cache import content_fingerprint
 from .errors import DataError
 from .processing import RawData, check_texts, encode_labels
-from .sources import Source, register_source
+from .sources import Source, check_num_classes, register_source
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,9 @@ class HubSource(Source):
     num_classes: int | None = None
 
     spec: ClassVar[HubSpec]
+
+    def __post_init__(self) -> None:
+        check_num_classes(self.num_classes)
 
     def _id(self) -> str:
         return str(self.hub_id or self.spec.hub_id)

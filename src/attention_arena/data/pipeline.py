@@ -45,13 +45,17 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def recording_warnings(into: list[str]) -> Iterator[None]:
     """Let warnings through as usual; append the messages of :class:`DataWarning` to ``into``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    recorder = warnings.catch_warnings(record=True)
+    caught = recorder.__enter__()
+    warnings.simplefilter("always")
+    try:
         yield
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            into.append(str(w.message))
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    finally:  # also when the block raises: a warning before an error still reaches the user
+        recorder.__exit__(None, None, None)
+        for w in caught:
+            if issubclass(w.category, DataWarning):
+                into.append(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 @dataclass

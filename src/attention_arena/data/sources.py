@@ -46,6 +46,12 @@ class Source:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
+def check_num_classes(num_classes: int | None) -> None:
+    """``data.num_classes`` is null or at least 2."""
+    if num_classes is not None and num_classes < 2:
+        raise DataError(f"data.num_classes must be >= 2 or null, got {num_classes}.")
+
+
 S = TypeVar("S", bound=type[Source])
 SOURCES: dict[str, type[Source]] = {}
 

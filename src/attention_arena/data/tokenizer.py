@@ -176,12 +176,6 @@ class BPETokenizer(Tokenizer):
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "hf": json.loads(self.hf.to_str())}
 
-    def __getstate__(self) -> dict[str, Any]:  # pickles for ddp_spawn and DataLoader workers
-        return {"serialized": self.hf.to_str()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(BPETokenizer.from_str(state["serialized"]).hf)
-
 
 @dataclass(frozen=True)
 class TokenizerSpec:
@@ -205,7 +199,9 @@ class TokenizerSpec:
             )
 
     @classmethod
-    def parse(cls, config: str | Mapping[str, Any] | TokenizerSpec | None, default: str):
+    def parse(
+        cls, config: str | Mapping[str, Any] | TokenizerSpec | None, default: str
+    ) -> TokenizerSpec:
         """A spec from a name, a config mapping or ``None`` (then ``default``)."""
         if isinstance(config, TokenizerSpec):
             return config
