@@ -120,3 +120,10 @@ class LinformerAttention(SelfAttention):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, k={self.k}, max_len={self.max_len}, "
                 f"share_kv={self.share_kv}")
+
+    def attention_flops(self, seq_len: int, batch: int = 1) -> float:
+        """K and V projected along the sequence ``2 · 2·B·k·N·D``, then attention to k keys
+        ``2 · 2·B·H·N·k·d``."""
+        B, N, k = batch, seq_len, self.k
+        projections = 2 * 2 * B * k * N * self.embed_dim
+        return projections + 2 * 2 * B * self.num_heads * N * k * self.head_dim

@@ -162,3 +162,9 @@ class LongformerAttention(SelfAttention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}"
+
+    def attention_flops(self, seq_len: int, batch: int = 1) -> float:
+        """Each query sees ``min(window + 1, N)`` keys: ``2 · 2·B·H·N·min(window+1, N)·d``
+        (global tokens not counted)."""
+        keys = min(self.window + 1, seq_len)
+        return 2 * 2 * batch * self.num_heads * seq_len * keys * self.head_dim

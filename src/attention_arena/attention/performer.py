@@ -160,3 +160,10 @@ class PerformerAttention(SelfAttention):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_features={self.num_features}, "
                 f"redraw_interval={self.redraw_interval}")
+
+    def attention_flops(self, seq_len: int, batch: int = 1) -> float:
+        """Feature maps of q and k ``2 · 2·B·H·N·d·m``, the products ``φ(K)ᵀV`` and
+        ``φ(Q)(φ(K)ᵀV)`` ``2 · 2·B·H·N·m·d``, and the normaliser ``φ(Q)(φ(K)ᵀ1)`` ``2·B·H·N·m``."""
+        rows = batch * self.num_heads * seq_len  # B·H·N
+        m, d = self.num_features, self.head_dim
+        return 2 * 2 * rows * d * m + 2 * 2 * rows * m * d + 2 * rows * m
