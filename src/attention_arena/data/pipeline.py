@@ -233,8 +233,13 @@ def build_tokenizer(
     train_texts = texts().splits["train"][0]  # the training split only: never val or test
     tokenizer = spec.build(train_texts)
     write_atomic(path, tokenizer_to_json(tokenizer).encode())
-    log.info("trained %s (vocabulary %d) on %d texts -> %s", spec.name, tokenizer.vocab_size,
-             len(train_texts), path)
+    short = (
+        f" of {spec.vocab_size} asked: the training text has no more merges"
+        if tokenizer.vocab_size < spec.vocab_size
+        else ""
+    )
+    log.info("trained %s (vocabulary %d%s) on %d training texts -> %s", spec.name,
+             tokenizer.vocab_size, short, len(train_texts), path)
     return tokenizer
 
 
