@@ -235,3 +235,12 @@ def test_hydra_tokenizer_defaults_per_data_set():
 def test_listops_tokenizer_is_unchanged():
     tok = ListOpsTokenizer()
     assert tok.encode("[MAX 2 9 [MIN 4 7 ] 0 ]") == [1, 13, 4, 11, 12, 6, 9, 16, 2, 16]
+
+
+def test_splits_and_ids_do_not_depend_on_the_tokenizer(tmp_path):
+    train, val, test = corpus(30, 0), corpus(6, 1), corpus(6, 2)
+    bpe = files_dm(tmp_path, train, val, test)
+    raw = files_dm(tmp_path, train, val, test, tokenizer="bytes", max_length=512)
+    for split in ("train", "val", "test"):
+        assert bpe.split_texts(split) == raw.split_texts(split)
+        assert bpe.example_ids(split) == raw.example_ids(split)
