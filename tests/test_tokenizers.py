@@ -125,8 +125,8 @@ def test_bpe_cache_hit_and_fingerprint(tmp_path, monkeypatch):
 
 
 def test_bpe_training_is_deterministic():
-    texts = corpus(40, 7)[0]
-    a, b = BPETokenizer.train(texts, 350), BPETokenizer.train(list(reversed(texts))[::-1], 350)
+    texts = corpus(40, 7)[0]  # each training hashes with fresh random hash-map seeds
+    a, b = BPETokenizer.train(texts, 350), BPETokenizer.train(list(texts), 350)
     assert a.hf.to_str() == b.hf.to_str()
 
 
