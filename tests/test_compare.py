@@ -268,8 +268,8 @@ def test_write_report_files(sweep, tmp_path):
     lf1024 = next(line for line in md.splitlines() if line.startswith("| 1024 | longformer |"))
     assert "| +0.00 [" in lf1024 and "| 1.000 |" in lf1024  # not significant: plain
     assert "**2,000**" in lf1024  # the highest throughput at 1024: bold (and said so)
-    assert "| 512 | performer | 70.00 [" in md and "bootstrap, 100 docs" in md
-    assert "none: no per-document predictions" in md
+    assert "| 512 | performer | 70.00 [" in md and "bootstrap, 100 test docs" in md
+    assert "none: 1 seed, no per-document predictions" in md
     assert md.count("| full text | tfidf-logreg (baseline) | 98.00 ± ") == 2  # under each length
     assert "| 1024 | linformer | failed | failed |" in md
     assert "| 1024 | performer | not run | not run |" in md
@@ -314,7 +314,7 @@ def test_lone_run_without_grid_or_predictions(tmp_path):
     runs, grid = load_sweep(tmp_path)
     md = markdown_report(summarize(runs), runs, tmp_path, grid)
     assert "Failed runs" not in md and "Not run" not in md and "50.00" in md
-    assert "| 512 | full | 50.00 | 50.00 | none: no per-document predictions |" in md
+    assert "| 512 | full | 50.00 | 50.00 | none: 1 seed, no per-document predictions |" in md
     table = md.split("\n\n")[2]
     assert "**" not in table  # a lone backend is not marked best
 
@@ -418,3 +418,15 @@ def test_baseline_job_name_matches_the_baseline():
     from attention_arena.baseline import NAME
 
     assert BASELINE_JOBS == {"baseline": NAME}
+
+
+def test_error_bars_are_the_interval_within_0_100_for_accuracy():
+    from attention_arena.compare.report import _error_bar
+
+    row = {"test_acc_mean": 95.0, "test_acc_ci_low": 80.0, "test_acc_ci_high": 110.0,
+           "peak_memory_mb_mean": 95.0, "peak_memory_mb_ci_low": 80.0,
+           "peak_memory_mb_ci_high": 110.0, "wall_time_s_mean": 3.0,
+           "wall_time_s_ci_low": None, "wall_time_s_ci_high": None}
+    assert _error_bar(row, "test_acc") == (15.0, 5.0)
+    assert _error_bar(row, "peak_memory_mb") == (15.0, 15.0)
+    assert _error_bar(row, "wall_time_s") == (0.0, 0.0)

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import stats
 from .grid import jobs_not_started
 from .load import CSV_COLUMNS, load_runs, run_sort_key
-from .summary import ALPHA, NO_PREDICTIONS, PER_DOCUMENT, REFERENCE, summarize
+from .summary import ALPHA, PER_DOCUMENT, REFERENCE, summarize
 
 # columns of the printed / Markdown table after data / length / attention: (key, header)
 TABLE = [("test_acc", "test acc %"), ("test_f1", "test F1 %"), ("interval", "95% CI"),
@@ -80,19 +80,11 @@ def _metric_cell(row: dict, col: str) -> str:
     if mean is None:
         return {"failed": "failed", "not_run": "not run"}.get(row["status"], "-")
     low, high = row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high")
-    if col not in ("test_acc", "test_f1") or low is None:
+    if col not in PER_DOCUMENT or low is None:
         return format(mean, fmt)
     if row["interval"] == "t":
         return f"{format(mean, fmt)} ± {format(high - mean, fmt)}"
     return f"{format(mean, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
-
-
-def _interval_cell(row: dict) -> str:
-    if row["n_ok"] == 0:
-        return "-"
-    return {"t": f"t, {row['n_seeds']} seeds",
-            "bootstrap": f"bootstrap, {row['interval_n']} docs"}.get(
-        row["interval"], f"none: {NO_PREDICTIONS}" if row["n_ok"] == 1 else "none")
 
 
 def _diff_cells(row: dict, cmp: dict | None) -> tuple[str, str, bool]:
@@ -145,7 +137,7 @@ def _table_cells(summary: dict, mark: str) -> tuple[list[str], list[list[str]]]:
             elif key in ("diff", "p"):
                 text, marked = (diff if key == "diff" else p), significant
             elif key == "interval":
-                text, marked = _interval_cell(row), False
+                text, marked = (row["interval_note"] if row["n_ok"] else "-"), False
             elif key == "runs":
                 text, marked = f"{row['n_ok']}/{row['n_failed']}/{row['n_not_run']}", False
             else:

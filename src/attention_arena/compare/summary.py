@@ -75,9 +75,9 @@ def _interval(values: list[float], pred: Predictions | None, metric: str | None,
 
 def _interval_note(kind: str, n_ok: int, n_docs: int | None) -> str:
     if kind == "t":
-        return f"t over {n_ok} seeds"
+        return f"t, {n_ok} seeds"
     if kind == "bootstrap":
-        return f"bootstrap over {n_docs} test documents (1 seed)"
+        return f"bootstrap, {n_docs} test docs"
     return f"none: 1 seed, {NO_PREDICTIONS}" if n_ok == 1 else "none"
 
 
@@ -131,8 +131,8 @@ def paired_difference(reference: list[dict], other: list[dict],
     Seeds where both have an ok run with predictions on the same test documents (matched by id,
     same labels) are pooled (:func:`attention_arena.stats.paired_bootstrap`). Returns ``diff``,
     ``ci_low``, ``ci_high``, ``p_value`` (bootstrap), ``mcnemar_p``, ``significant``
-    (p < :data:`ALPHA`), ``seeds``, ``n_docs`` and ``note``; ``diff`` is None, with the reason in
-    ``note``, when no seed can be paired.
+    (p < :data:`ALPHA`), ``seeds``, ``n_docs``, ``method`` and ``note`` (seeds left out and
+    why); ``diff`` is None, with a short ``reason``, when no seed can be paired.
     """
     ref, oth = _first_ok_by_seed(reference), _first_ok_by_seed(other)
     common = sorted(set(ref) & set(oth), key=sort_val)
@@ -197,21 +197,19 @@ def summarize(runs: list[dict], n_resamples: int = stats.N_RESAMPLES) -> dict:
     rows.sort(key=lambda r: (str(r["data"] or ""), r["kind"] == "baseline",
                              sort_val(r["max_length"]), str(r["attention"] or "")))
     comparisons = []
-    for ref_key, ref_runs in groups.items():
-        data, attention, length = ref_key
+    for (data, attention, length), reference in groups.items():
         if attention != REFERENCE:
             continue
-        for row in rows:
-            same_length = row["kind"] == "model" and row["max_length"] == length
-            if row["data"] != data or row["attention"] == REFERENCE or not (
-                    same_length or row["kind"] == "baseline"):
+        for row in rows:  # the backends at this length and the baseline
+            if row["data"] != data or row["attention"] == REFERENCE or (
+                    row["kind"] == "model" and row["max_length"] != length):
                 continue
             other = groups[(row["data"], row["attention"], row["max_length"])]
             cmp = {"data": data, "attention": row["attention"], "max_length": length,
                    "kind": row["kind"], "reference": REFERENCE}
-            cmp |= paired_difference(ref_runs, other, preds, n_resamples)
+            cmp |= paired_difference(reference, other, preds, n_resamples)
             comparisons.append(cmp)
-            if same_length:
+            if row["kind"] == "model":
                 row["vs_full"] = cmp
     for row in rows:
         if row["kind"] == "model" and row["attention"] != REFERENCE and row["vs_full"] is None:
