@@ -430,3 +430,33 @@ def test_error_bars_are_the_interval_within_0_100_for_accuracy():
     assert _error_bar(row, "test_acc") == (15.0, 5.0)
     assert _error_bar(row, "peak_memory_mb") == (15.0, 15.0)
     assert _error_bar(row, "wall_time_s") == (0.0, 0.0)
+
+
+def test_paired_difference_matches_documents_by_id():
+    import numpy as np
+
+    from attention_arena.compare import paired_difference
+    from attention_arena.compare.load import Predictions
+
+    ids = [f"d{i}" for i in range(40)]
+    labels = np.arange(40) % 2
+    ref = Predictions(ids, labels, np.where(np.arange(40) < 10, 1 - labels, labels), 2)
+    other_pred = np.where(np.arange(40) < 5, 1 - labels, labels)  # wrong on d0..d4 only
+    # the other run lists the same documents in reverse order
+    other = Predictions(ids[::-1], labels[::-1], other_pred[::-1], 2)
+    elsewhere = Predictions([f"e{i}" for i in range(40)], labels, labels, 2)
+    runs = {"ref": ref, "other": other, "elsewhere": elsewhere}
+
+    def preds(run):
+        return runs[run["name"]]
+
+    def ok(name, seed=0):
+        return {"name": name, "status": "ok", "seed": seed}
+
+    res = paired_difference([ok("ref")], [ok("other")], preds, n_resamples=500)
+    # right on d5..d9 where ref is wrong, never the reverse: 5 vs 0 discordant documents
+    assert res["diff"] == pytest.approx(12.5) and res["mcnemar_p"] == pytest.approx(2 / 32)
+    res = paired_difference([ok("ref")], [ok("elsewhere")], preds, n_resamples=500)
+    assert res["diff"] is None and res["reason"] == "different test documents"
+    res = paired_difference([ok("ref", seed=1)], [ok("other")], preds, n_resamples=500)
+    assert res["diff"] is None and res["reason"] == "no seed run by both"

@@ -32,6 +32,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from .stats import macro_f1
 from .train import CONF_DIR, _hydra_info, _one_line
 from .utils import METRIC_KEYS, format_table, register_resolvers
 
@@ -126,12 +127,6 @@ def _fit_best_c(x_train, y_train: list[int], x_val, y_val: list[int], seed: int,
     return fits[best], best, scores
 
 
-def _macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
-    from .stats import macro_f1
-
-    return float(macro_f1(labels, preds, num_classes))
-
-
 def write_predictions(path: Path, rows: dict[str, tuple[list[str], np.ndarray, np.ndarray]]
                       ) -> Path:
     """``predictions.csv`` (see CONTRACTS): ``rows[split] = (ids, labels, probs (N, C))``."""
@@ -178,7 +173,7 @@ def run_baseline(datamodule: Any, out_dir: str | Path, seed: int, c: float | Non
         probs = _probabilities(model, x[split], num_classes)
         y, pred = np.asarray(data[split][1]), probs.argmax(axis=1)
         result[f"{split}_acc"] = float(np.mean(y == pred))
-        result[f"{split}_f1"] = _macro_f1(y, pred, num_classes)
+        result[f"{split}_f1"] = float(macro_f1(y, pred, num_classes))
         rows[split] = (example_ids(datamodule, split), y, probs)
     write_predictions(out / "predictions.csv", rows)
     result.update(

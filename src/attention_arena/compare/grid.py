@@ -50,24 +50,21 @@ def expand_grid(params: dict | None, task_overrides: list[str]) -> list[list[str
 
 
 def _job_settings(overrides: list[str], config: dict, baseline: str | None) -> dict:
+    """attention / data / max_length / seed (and kind) of a job: its overrides, else the sweep's
+    config; a baseline job (``baseline`` = the name its runs record) has no length."""
     given = override_values(overrides)
     data_cfg = config.get("data") if isinstance(config.get("data"), dict) else {}
     att_cfg = config.get("attention") if isinstance(config.get("attention"), dict) else {}
-    data = given.get("data.name") or given.get("data") or plain(data_cfg.get("name"))
-    seed = as_int(given.get("seed", plain(config.get("seed"))))
+    out = {"data": given.get("data.name") or given.get("data") or plain(data_cfg.get("name")),
+           "seed": as_int(given.get("seed", plain(config.get("seed"))))}
+    if baseline is not None:
+        return out | {"attention": baseline, "max_length": None, "kind": "baseline"}
     length = given.get("data.max_length")
-    if length is None and "data" not in given:
+    if length is None and "data" not in given:  # another data group brings its own length
         length = plain(data_cfg.get("max_length"))
-    if baseline is not None:  # the baseline ignores attention and length
-        return {"attention": baseline, "data": data, "max_length": None, "seed": seed,
-                "kind": "baseline"}
-    return {
-        "attention": given.get("attention") or given.get("attention.name")
-        or plain(att_cfg.get("name")),
-        "data": data,
-        "max_length": as_int(length),
-        "seed": seed,
-    }
+    attention = given.get("attention") or given.get("attention.name") \
+        or plain(att_cfg.get("name"))
+    return out | {"attention": attention, "max_length": as_int(length)}
 
 
 def sweep_grid(sweep_dir: str | Path) -> list[Job]:
