@@ -45,53 +45,6 @@ _FAILURES: list[str] = []
 
 
 # --------------------------------------------------------------------------------------------
-# The data module contract (split_texts / example_ids)
-# --------------------------------------------------------------------------------------------
-
-def split_texts(dm: Any, split: str) -> tuple[list[str], list[int]]:
-    """Full texts and labels of ``split`` in dataset order (``dm.split_texts`` where it exists)."""
-    if hasattr(dm, "split_texts"):
-        return dm.split_texts(split)
-    return _interim_split_texts(dm)[split]
-
-
-def example_ids(dm: Any, split: str) -> list[str]:
-    """Stable ids of ``split`` in dataset order (``dm.example_ids`` where it exists)."""
-    if hasattr(dm, "example_ids"):
-        return dm.example_ids(split)
-    # interim: replaced by data branch (the first 16 hex digits of the text's SHA-1)
-    dm.setup()
-    return [f"{int(h):016x}" for h in dm.splits[split].hashes]
-
-
-def _interim_split_texts(dm: Any) -> dict[str, tuple[list[str], list[int]]]:
-    # interim: replaced by data branch. Reloads the texts the way the data module built its
-    # tokenized splits (same source, split seed and limit_examples subsample) and checks them.
-    from .data.processing import SPLITS, stratified_subsample, text_hash
-    from .data.sources import load_text_splits
-
-    cached = getattr(dm, "_interim_texts", None)
-    if cached is not None:
-        return cached
-    dm.setup()
-    splits, _, _ = load_text_splits(dm.name, dm.options, dm.seed, dm.val_fraction,
-                                    dm.test_fraction)
-    out = {}
-    for name in SPLITS:
-        texts, labels = splits[name]
-        if len(texts) != len(dm.splits[name]):  # limit_examples subsampled this split
-            keep = stratified_subsample(labels, len(dm.splits[name]), dm.seed)
-            texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-        hashes = [int.from_bytes(text_hash(t)[:8], "big") for t in texts]
-        if hashes != [int(h) for h in dm.splits[name].hashes]:
-            raise RuntimeError(f"the {name} texts reloaded for the baseline differ from the data "
-                               f"module's {name} split; the baseline cannot run on them")
-        out[name] = (texts, labels)
-    dm._interim_texts = out
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
 
@@ -155,7 +108,7 @@ def run_baseline(datamodule: Any, out_dir: str | Path, seed: int, c: float | Non
     datamodule.prepare_data()
     datamodule.setup()
     num_classes = datamodule.num_classes
-    data = {s: split_texts(datamodule, s) for s in ("train", *EVAL_SPLITS)}
+    data = {s: datamodule.split_texts(s) for s in ("train", *EVAL_SPLITS)}
     vectorizer = _features(data["train"][0])
     x = {s: vectorizer.transform(texts) for s, (texts, _) in data.items()}  # (N, terms)
     if c is None:
@@ -174,7 +127,7 @@ def run_baseline(datamodule: Any, out_dir: str | Path, seed: int, c: float | Non
         y, pred = np.asarray(data[split][1]), probs.argmax(axis=1)
         result[f"{split}_acc"] = float(np.mean(y == pred))
         result[f"{split}_f1"] = float(macro_f1(y, pred, num_classes))
-        rows[split] = (example_ids(datamodule, split), y, probs)
+        rows[split] = (datamodule.example_ids(split), y, probs)
     write_predictions(out / "predictions.csv", rows)
     result.update(
         status="ok", attention=NAME, data=datamodule.name, max_length=None, seed=int(seed),
