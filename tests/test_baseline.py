@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attention_arena.baseline import example_ids, run_baseline, split_texts
+from attention_arena.baseline import run_baseline
 from attention_arena.compare import load_sweep, summarize
 from attention_arena.data import TextClassificationDataModule
 from conftest import cli_env, explain
@@ -62,9 +62,9 @@ def test_baseline_on_separable_classes(tmp_path):
     assert list(rows[0]) == ["split", "index", "id", "label", "pred", "prob_0", "prob_1"]
     for split in ("val", "test"):
         part = [r for r in rows if r["split"] == split]
-        texts, labels = split_texts(dm, split)
+        texts, labels = dm.split_texts(split)
         assert len(part) == len(texts) == dm.split_sizes[split]
-        assert [r["id"] for r in part] == example_ids(dm, split)
+        assert [r["id"] for r in part] == dm.example_ids(split)
         assert [int(r["index"]) for r in part] == list(range(len(part)))
         assert [int(r["label"]) for r in part] == labels
         probs = np.array([[float(r["prob_0"]), float(r["prob_1"])] for r in part])
@@ -88,12 +88,12 @@ def test_baseline_reads_the_same_split_as_the_models(tmp_path):
     dm = _datamodule(path, tmp_path, seed=3, limit_examples=90)
     metrics = run_baseline(dm, tmp_path / "run", seed=3, c=1.0)
     assert metrics["notes"][0] == "C=1 fixed (+baseline.C)"
-    texts, _ = split_texts(dm, "test")
+    texts, _ = dm.split_texts("test")
     assert len(texts) == dm.split_sizes["test"] < 30
     assert all(len(t.split()) == 41 for t in texts)  # full texts, never truncated to 16 tokens
     other = _datamodule(path, tmp_path, seed=4)
-    assert split_texts(other, "test")[0] != split_texts(_datamodule(path, tmp_path, seed=3),
-                                                         "test")[0]
+    assert other.split_texts("test")[0] != _datamodule(path, tmp_path, seed=3).split_texts(
+        "test")[0]
 
 
 @pytest.mark.integration
