@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cost vs length of every attention backend (and the public implementations it is compared
 # with), forward + backward of the whole module, fp32, B=1, 4 heads x 64, D=256:
-#   bash experiments/scaling.sh [OUT_DIR] [extra arena-bench args, e.g. --device cuda --dtype bf16]
+#   bash experiments/scaling.sh [OUT_DIR] [extra arena-bench args, e.g. --device cuda --dtype bf16
+#                                          or attention.k=128 --opt longformer.window=512]
 # Needs the peers for the dashed lines: pip install -e '.[peers]'
 set -euo pipefail
 out=${1:-results/scaling}; shift || true

@@ -1,24 +1,51 @@
-"""arena-bench on tiny sizes: outputs, failure recording, peers, and the FLOP formulas."""
+"""arena-bench: FLOPs on the backend classes, options (YAML defaults, overrides), a toy backend,
+failure recording, peers, and tiny real runs that write CSV / JSON / PNG. No timed assertions."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+import attention_arena.train
 from attention_arena import bench
-from attention_arena.attention import SelfAttention, available_attentions, register_attention
+from attention_arena.attention import (
+    SelfAttention,
+    available_attentions,
+    build_attention,
+    register_attention,
+)
 from attention_arena.attention import registry as attention_registry
-from attention_arena.bench import CSV_COLUMNS, PEERS, flops, main, parse_opts, run_bench
+from attention_arena.bench import (
+    CSV_COLUMNS,
+    PEERS,
+    default_options,
+    main,
+    parse_opts,
+    parse_overrides,
+    run_bench,
+    useful_flops,
+)
+from attention_arena.bench import options as bench_options
+from attention_arena.bench.peers import Peer
+from attention_arena.bench.report import line_style_of
+from attention_arena.plotting import line_style
+from conftest import REPO, cli_env, explain
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# keep every registered backend tiny and valid at N = 64 / 128
-SMALL_OPTS = ["--opt", "linformer.k=32", "--opt", "longformer.window=32",
-              "--opt", "performer.num_features=32"]
+# every registered backend small and valid at N = 64 / 128 (arena-train's override syntax)
+SMALL = ["attention.k=32", "attention.window=32", "attention.num_features=32"]
 TINY = ["--lengths", "64", "128", "--repeats", "1", "--warmup", "0", "--threads", "1",
         "--gemm-size", "128", "--heads", "2", "--head-dim", "16"]
+QUIET = dict(heads=2, head_dim=16, threads=1, warmup=0, repeats=1, gemm_size=64,
+             isolate=False, log=lambda *_: None)
 
 
 def _read_csv(path):
@@ -27,47 +54,238 @@ def _read_csv(path):
         return reader.fieldnames, list(reader)
 
 
-# ------------------------------------------------------------------ FLOP formulas
+# ------------------------------------------------------------------ useful FLOPs on the classes
 
-def test_flops_full_exact_and_quadratic():
-    B, H, d, N = 1, 4, 64, 1024
-    D = H * d
-    assert flops("full", N, B, H, d) == 3 * (4 * 2 * B * N * D * D + 2 * 2 * B * H * N * N * d)
-    big = 1 << 16
-    assert flops("full", 2 * big) / flops("full", big) > 3.9  # ~4x: N² dominates
+# D = 8, H = 2, d = 4, N = 16, B = 1. Projections 4·2·B·N·D² = 8192 in every backend.
+# full:        QKᵀ, AV       2·2·B·H·N²·d = 8192                       -> 3 · 16384 = 49152
+# linformer 4: Eᵀ K, Fᵀ V    2·2·B·k·N·D = 2048, attention 2·2·B·H·N·k·d = 2048
+#                                                                       -> 3 · 12288 = 36864
+# longformer 4: 5 keys each  2·2·B·H·N·5·d = 2560                      -> 3 · 10752 = 32256
+# performer 8: φ(q), φ(k)    2·2·B·H·N·d·m = 4096, φ(K)ᵀV and φ(Q)(·) 4096, normaliser
+#              2·B·H·N·m = 512                                          -> 3 · 16896 = 50688
+HAND_FLOPS = [
+    ("full", {}, 49152),
+    ("linformer", {"k": 4, "max_len": 16}, 36864),
+    ("longformer", {"window": 4}, 32256),
+    ("longformer", {"window": 32}, 49152),  # window wider than N: exactly full's work
+    ("performer", {"num_features": 8}, 50688),
+]
 
 
-@pytest.mark.parametrize("name, kw", [("linformer", {"k": 256}), ("longformer", {"window": 256}),
-                                      ("performer", {"num_features": 256})])
-def test_flops_efficient_linear_in_n(name, kw):
-    assert flops(name, 16384, **kw) / flops(name, 8192, **kw) == pytest.approx(2.0)
-    # and far below full attention at long N
-    assert flops(name, 16384, **kw) < flops("full", 16384) / 10
+@pytest.mark.parametrize("name, options, expected", HAND_FLOPS)
+def test_flops_match_hand_computed_values(name, options, expected):
+    module = build_attention(name, embed_dim=8, num_heads=2, **options)
+    assert module.flops(16) == expected
+    assert module.flops(16, batch=3) == 3 * expected
 
 
-def test_flops_options_and_peers():
-    assert flops("linformer", 4096, k=128) < flops("linformer", 4096, k=256)
-    assert flops("longformer", 4096, window=512) > flops("longformer", 4096, window=256)
-    # window wider than N: never more than full attention's work
-    assert flops("longformer", 64, window=256) == flops("full", 64)
-    assert flops("peer:linformer", 4096, k=64) == flops("linformer", 4096, k=64)
-    assert flops("peer:local-attention", 4096, window=256) == flops("longformer", 4096)
-    assert flops("no-such-method", 1024) is None
+@pytest.mark.parametrize("name, options, expected", HAND_FLOPS)
+def test_bench_counts_with_the_class_and_peers_as_their_method(name, options, expected):
+    assert useful_flops(name, 16, 1, 2, 4, options) == expected
+    for peer in PEERS.values():
+        if peer.method == name:  # our module with the peer's (mirrored) settings
+            mirrored = {k: v for k, v in options.items() if k in peer.mirrors}
+            assert useful_flops(peer.name, 16, 1, 2, 4, mirrored) == expected, peer.name
+
+
+@pytest.mark.parametrize("name", available_attentions())
+def test_every_shipped_backend_counts_its_flops(name):
+    module = build_attention(name, embed_dim=8, num_heads=2, **default_options(name, 512))
+    assert module.flops(64) > module.flops(32) > 0
+
+
+# ------------------------------------------------------------------ a toy backend
+
+@pytest.fixture
+def toy_backend():
+    """A backend registered here: no YAML, no flops, options ``width`` and ``span``."""
+    available_attentions()  # discover the real ones first
+
+    class Toy(SelfAttention):
+        def __init__(self, embed_dim, num_heads, width: int = 3, span: int | None = None,
+                     dropout=0.0, bias=True):
+            super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias)
+            self.width, self.span = width, span
+
+        def attend(self, q, k, v, key_padding_mask=None, global_mask=None):
+            return v * self.width
+
+    register_attention("bench_toy")(Toy)
+    yield "bench_toy"
+    attention_registry._REGISTRY.pop("bench_toy", None)
+
+
+def test_toy_backend_benchmarks_with_no_flops_and_its_own_colour(toy_backend, tmp_path):
+    report = run_bench([toy_backend, "full"], [64], **QUIET)
+    rows = {r["backend"]: r for r in report["results"]}
+    toy = rows[toy_backend]
+    assert toy["status"] == "ok" and toy["ms_median"] > 0
+    assert toy["options"] == {"width": 3, "span": None}  # its constructor's defaults
+    assert toy["useful_gflop"] is None and "gflops" not in toy and "pct_gemm_peak" not in toy
+    assert rows["full"]["gflops"] > 0
+
+    (line,) = [ln for ln in bench.format_table(report).splitlines()
+               if ln.startswith(toy_backend)]
+    assert line.split()[-2:] == ["-", "-"]  # GFLOP/s and % GEMM peak
+
+    paths = bench.write_outputs(report, tmp_path)
+    _, csv_rows = _read_csv(paths["csv"])
+    assert [r["useful_gflop"] for r in csv_rows if r["backend"] == toy_backend] == [""]
+    assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+    colours = [line_style(name)["color"] for name in available_attentions()]
+    assert len(set(colours)) == len(colours)  # the toy's is not any other backend's
+    assert line_style(toy_backend)["color"] in colours
+
+
+def test_eight_more_backends_all_get_distinct_colours():
+    available_attentions()
+    names = [f"bench_colour_{i}" for i in range(8)]
+    try:
+        for name in names:
+            register_attention(name)(type(name, (SelfAttention,), {}))
+        colours = [line_style(name)["color"] for name in available_attentions()]
+    finally:
+        for name in names:
+            attention_registry._REGISTRY.pop(name, None)
+    assert len(colours) >= 12 and len(set(colours)) == len(colours)
+
+
+def test_peers_share_their_method_colour_dashed_with_own_markers():
+    for peer in PEERS.values():
+        style = line_style_of(peer.name)
+        assert style["color"] == line_style(peer.method)["color"]
+        assert style["linestyle"] == "--" and line_style(peer.method)["linestyle"] == "-"
+    by_method: dict[str, set] = {}
+    for peer in PEERS.values():
+        by_method.setdefault(peer.method, set()).add(line_style_of(peer.name)["marker"])
+    assert all(len(m) == sum(p.method == method for p in PEERS.values())
+               for method, m in by_method.items())
+    assert line_style("full (bbc)") == line_style("full")  # compare's labels
+
+
+# ------------------------------------------------------------------ defaults from the YAML
+
+def test_defaults_come_from_the_backend_yaml():
+    cfg = OmegaConf.load(attention_arena.train.CONF_DIR / "attention" / "linformer.yaml")
+    for n in (512, 2048):
+        opts = default_options("linformer", n)
+        assert opts["max_len"] == n  # an interpolation in the training config: the length
+        assert opts["k"] == cfg.k and opts["init"] == cfg.init and "name" not in opts
+    longformer = OmegaConf.load(attention_arena.train.CONF_DIR / "attention" / "longformer.yaml")
+    assert default_options("longformer", 64) == {k: v for k, v in longformer.items()
+                                                  if k != "name"}
+    assert default_options("full", 64) == {}
+
+
+def test_yaml_wins_over_the_constructor_and_reaches_the_run(toy_backend, tmp_path, monkeypatch):
+    assert default_options(toy_backend, 128) == {"width": 3, "span": None}  # no YAML yet
+    (tmp_path / "attention").mkdir()
+    (tmp_path / "attention" / f"{toy_backend}.yaml").write_text(
+        f"name: {toy_backend}\nwidth: 7\nspan: ${{data.max_length}}\n")
+    monkeypatch.setattr(attention_arena.train, "CONF_DIR", tmp_path)
+    assert default_options(toy_backend, 128) == {"width": 7, "span": 128}
+    (row,) = run_bench([toy_backend], [64], **QUIET)["results"]
+    assert row["status"] == "ok" and row["options"] == {"width": 7, "span": 64}
+
+
+def test_yaml_of_another_package_is_found_like_arena_train_finds_it(toy_backend, tmp_path,
+                                                                    monkeypatch):
+    """A package declaring its configs under the ``attention_arena.configs`` entry point."""
+    conf = tmp_path / "bench_user_pkg" / "conf"
+    (conf / "attention").mkdir(parents=True)
+    for init in (tmp_path / "bench_user_pkg" / "__init__.py", conf / "__init__.py"):
+        init.write_text("")
+    (conf / "attention" / f"{toy_backend}.yaml").write_text(f"name: {toy_backend}\nwidth: 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = SimpleNamespace(name="bench_user_pkg", value="bench_user_pkg.conf")
+    monkeypatch.setattr(bench_options, "entry_points",
+                        lambda group: [entry] if group == "attention_arena.configs" else [])
+    assert default_options(toy_backend, 64) == {"width": 5}
+    assert bench_options.valid_options(toy_backend) == ["bias", "dropout", "span", "width"]
+
+
+# ------------------------------------------------------------------ overrides
+
+def test_parse_overrides_like_hydra():
+    items = ["attention.k=128", "attention.init=uniform", "attention.share_kv=true",
+             "attention.block=null", "attention.eps=1e-3", "+attention.seed=5",
+             "attention.lengths=[1,2]", "attention.k=64"]
+    assert parse_overrides(items) == {"k": 64, "init": "uniform", "share_kv": True,
+                                      "block": None, "eps": 0.001, "seed": 5,
+                                      "lengths": [1, 2]}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("k=128", r"takes attention\.KEY=VALUE"),
+    ("data.max_length=512", r"takes attention\.KEY=VALUE.*--lengths"),
+    ("attention=linformer", r"pick backends with --backends"),
+    ("attention.a.b=1", r"takes attention\.KEY=VALUE"),
+    ("attention.k=64,128", r"is a sweep; arena-bench takes one value"),
+    ("~attention.k", r"options cannot be removed"),
+    ("attention.k=[1", r"bad override 'attention\.k=\[1'"),
+])
+def test_bad_overrides_are_clear_errors(item, message):
+    with pytest.raises(ValueError, match=message):
+        parse_overrides([item])
 
 
 def test_parse_opts():
-    assert parse_opts(["linformer.k=128", "longformer.window=512", "x.flag=True", "x.s=abc"]) == {
-        "linformer": {"k": 128}, "longformer": {"window": 512}, "x": {"flag": True, "s": "abc"}}
-    assert parse_opts(["peer:linformer.k=64"]) == {"peer:linformer": {"k": 64}}
+    assert parse_opts(["linformer.k=128", "longformer.window=512", "x.flag=True", "x.s=abc",
+                       "peer:linformer.k=64"]) == {
+        "linformer": {"k": 128}, "longformer": {"window": 512}, "x": {"flag": True, "s": "abc"},
+        "peer:linformer": {"k": 64}}
     with pytest.raises(ValueError, match="BACKEND.KEY=VALUE"):
         parse_opts(["k=128"])
+    with pytest.raises(ValueError, match=r"bad override '--opt linformer\.k=\[1'"):
+        parse_opts(["linformer.k=[1"])
 
 
-# ------------------------------------------------------------------ the tool
+def test_override_goes_to_every_backend_that_has_it_and_opt_wins():
+    report = run_bench(["full", "linformer", "longformer"], [64],
+                       overrides={"k": 8, "window": 16, "bias": False},
+                       opts={"longformer": {"window": 8}}, **QUIET)
+    rows = {r["backend"]: r for r in report["results"]}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["full"]["options"] == {"bias": False}
+    assert rows["linformer"]["options"]["k"] == 8 and rows["linformer"]["options"]["max_len"] == 64
+    assert rows["longformer"]["options"]["window"] == 8  # --opt over attention.window
+    assert rows["full"]["params"] == 4 * 32 * 32  # bias=False reached the module
+    assert report["meta"]["overrides"] == {"k": 8, "window": 16, "bias": False}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"overrides": {"k": 8}},
+     r"attention\.k: none of the benchmarked backends has an option 'k'; valid options: "
+     r"full: bias, dropout; longformer: bias, block, dropout, window"),
+    ({"opts": {"linformr": {"k": 8}}}, r"--opt linformr\.k: 'linformr' is not benchmarked"),
+    ({"opts": {"full": {"bogus": 1}}}, r"full has no option 'bogus'; valid options: full: bias"),
+    ({"opts": {"peer:linformer": {"k": 8}}}, r"peers need --peers"),
+])
+def test_options_no_backend_takes_are_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_bench(["full", "longformer"], [64], **QUIET, **kwargs)
+
+
+def test_cli_overrides_after_a_list_option(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(TINY + ["--backends", "linformer", "attention.k=8", "--opt",
+                        "linformer.init=uniform", "--no-isolate", "--out", str(out)]) == 0
+    _, rows = _read_csv(out / "bench.csv")
+    assert [json.loads(r["options"]) for r in rows] == [
+        {"k": 8, "max_len": n, "init": "uniform", "share_kv": False} for n in (64, 128)]
+
+    assert main(["--backends", "full", "attention.k=8", "--lengths", "64"]) == 2
+    assert "none of the benchmarked backends has an option 'k'" in capsys.readouterr().err
+    assert main(["--backends", "full", "data.max_length=8"]) == 2
+    assert "bad override 'data.max_length=8'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ runs, failures, peers
 
 def test_bench_all_registered_writes_outputs(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(TINY + SMALL_OPTS + ["--no-isolate", "--out", str(out)]) == 0
+    assert main(TINY + SMALL + ["--no-isolate", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "speed-up vs full" in printed and "% GEMM peak" in printed
 
@@ -80,6 +298,9 @@ def test_bench_all_registered_writes_outputs(tmp_path, capsys):
         assert r["status"] == "ok", r
         assert float(r["ms_median"]) > 0
         assert float(r["gflops"]) > 0 and float(r["pct_gemm_peak"]) > 0
+        N = int(r["N"])
+        flops = useful_flops(r["backend"], N, 1, 2, 16, json.loads(r["options"]))
+        assert float(r["useful_gflop"]) == pytest.approx(flops / 1e9)
     full = [r for r in rows if r["backend"] == "full"]
     assert all(float(r["speedup_vs_full"]) == pytest.approx(1.0) for r in full)
 
@@ -90,7 +311,26 @@ def test_bench_all_registered_writes_outputs(tmp_path, capsys):
     assert png[:8] == PNG_MAGIC and len(png) > 1000
 
 
-def test_bench_isolated_subprocess_measures_memory(tmp_path):
+@pytest.mark.integration
+def test_isolated_run_writes_outputs_and_records_a_failing_build(tmp_path):
+    out = tmp_path / "out"
+    # isolated: each measurement in its own process; linformer k=0 fails in the worker
+    assert main(TINY + ["--backends", "full", "linformer", "--opt", "linformer.k=0",
+                        "--out", str(out)]) == 0
+    _, rows = _read_csv(out / "bench.csv")
+    status = {(r["backend"], int(r["N"])): r for r in rows}
+    for n in (64, 128):
+        assert status[("full", n)]["status"] == "ok"
+        assert status[("full", n)]["mem_method"] in ("rss-hwm", "rss-sampled")
+        bad = status[("linformer", n)]
+        assert bad["status"] == "failed" and "k (0)" in bad["error"], bad
+        assert bad["useful_gflop"] == ""
+    assert json.loads((out / "bench.json").read_text())["meta"]["isolate"] is True
+    assert (out / "bench.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.integration
+def test_isolated_subprocess_measures_memory():
     # batch 64 x N 1024 x D 64: x, q, k, v, output and their grads are 16 MiB each
     report = run_bench(["full"], [1024], batch=64, heads=2, head_dim=32, threads=1, warmup=0,
                        repeats=1, gemm_size=128, isolate=True, log=lambda *_: None)
@@ -101,21 +341,38 @@ def test_bench_isolated_subprocess_measures_memory(tmp_path):
     assert 50 < row["peak_mb"] < 2000, row  # the activations, not zero, not the whole process
 
 
-def test_bad_option_is_recorded_not_raised(tmp_path):
-    # isolated: the error comes back from the worker process
-    out = tmp_path / "out"
-    assert main(TINY + ["--backends", "full", "--opt", "full.bogus=1", "--out", str(out)]) == 0
-    _, rows = _read_csv(out / "bench.csv")
-    assert len(rows) == 2 and all(r["status"] == "failed" for r in rows)
-    assert all("bogus" in r["error"] for r in rows)
-    assert (out / "bench.png").read_bytes()[:8] == PNG_MAGIC  # plot still written
+@pytest.mark.integration
+def test_imported_backend_runs_in_isolated_workers(tmp_path, monkeypatch):
+    (tmp_path / "bench_ext_toy.py").write_text(
+        "from attention_arena.attention import SelfAttention, register_attention\n\n\n"
+        "@register_attention('bench_ext_toy')\nclass Toy(SelfAttention):\n"
+        "    def attend(self, q, k, v, key_padding_mask=None, global_mask=None):\n"
+        "        return v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{REPO / 'src'}")
+    try:
+        report = run_bench(["bench_ext_toy"], [64], imports=["bench_ext_toy"],
+                           **{**QUIET, "isolate": True})
+    finally:
+        attention_registry._REGISTRY.pop("bench_ext_toy", None)
+    (row,) = report["results"]
+    assert row["status"] == "ok", row
+    assert row["useful_gflop"] is None and row["mem_method"] in ("rss-hwm", "rss-sampled")
+
+
+@pytest.mark.integration
+def test_python_m_help_documents_both_override_forms():
+    proc = subprocess.run([sys.executable, "-m", "attention_arena.bench", "--help"],
+                          env=cli_env(PYTHONPATH=str(REPO / "src")), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, explain(proc)
+    assert "attention.KEY=VALUE" in proc.stdout and "--opt BACKEND.KEY=VALUE" in proc.stdout
 
 
 @pytest.mark.skipif("linformer" not in available_attentions(), reason="linformer not registered")
-def test_linformer_max_len_too_small_fails_cleanly(tmp_path):
-    report = run_bench(["full", "linformer"], [64, 128], heads=2, head_dim=16, threads=1,
-                       warmup=0, repeats=1, gemm_size=128, isolate=False,
-                       opts={"linformer": {"k": 16, "max_len": 64}}, log=lambda *_: None)
+def test_linformer_max_len_too_small_fails_cleanly():
+    report = run_bench(["full", "linformer"], [64, 128],
+                       opts={"linformer": {"k": 16, "max_len": 64}}, **QUIET)
     status = {(r["backend"], r["N"]): r["status"] for r in report["results"]}
     assert status[("full", 64)] == status[("full", 128)] == "ok"
     assert status[("linformer", 64)] == "ok"
@@ -138,8 +395,7 @@ def broken_backend():
 
 
 def test_failing_backend_recorded_and_run_continues(broken_backend, tmp_path):
-    report = run_bench([broken_backend, "full"], [64, 128], heads=2, head_dim=16, threads=1,
-                       warmup=0, repeats=1, gemm_size=128, isolate=False, log=lambda *_: None)
+    report = run_bench([broken_backend, "full"], [64, 128], **QUIET)
     rows = {(r["backend"], r["N"]): r for r in report["results"]}
     assert rows[(broken_backend, 64)]["status"] == "ok"
     bad = rows[(broken_backend, 128)]
@@ -156,52 +412,50 @@ def test_unknown_backend_is_a_clear_error(capsys):
     assert "unknown backend" in capsys.readouterr().err
 
 
-def test_peers_run_or_skip(monkeypatch):
-    kw = dict(heads=2, head_dim=16, threads=1, warmup=0, repeats=1, gemm_size=128,
-              isolate=False, log=lambda *_: None,
-              opts={"linformer": {"k": 32}, "performer": {"num_features": 32},
-                    "longformer": {"window": 32}})
-    report = run_bench(["full"], [128], peers=True, **kw)
+def test_peers_mirror_our_settings_run_or_skip(monkeypatch):
+    report = run_bench(["full"], [64], peers=True, **QUIET)
     by_name = {r["backend"]: r for r in report["results"]}
     assert set(PEERS) <= set(by_name)
-    for name in PEERS:
-        r = by_name[name]
-        if bench.peer_available(name):
-            assert r["status"] == "ok", r
-            assert r["speedup_vs_full"] > 0
+    for name, peer in PEERS.items():
+        if peer.available():
+            assert by_name[name]["status"] == "ok", by_name[name]
         else:
-            assert r["status"] == "skipped"
+            assert by_name[name]["status"] == "skipped"
+            assert peer.requirement in by_name[name]["error"]
+    if not any(p.available() for p in PEERS.values()):
+        assert "peer:" not in bench.format_table(report)  # skipped peers: no table rows
 
-    monkeypatch.setattr(bench, "peer_available", lambda name: False)
-    report = run_bench(["full"], [64], peers=True, **kw)
-    skipped = [r for r in report["results"] if r["status"] == "skipped"]
-    assert {r["backend"] for r in skipped} == set(PEERS)
-    assert all("pip install" in r["error"] for r in skipped)
-    assert "peer:" not in bench.format_table(report)
+    # pretend every peer is installed: the options they get mirror ours, overrides included
+    monkeypatch.setattr(Peer, "available", lambda self: True)
+    report = run_bench(["full"], [64], peers=True, overrides={"k": 16, "window": 8},
+                       opts={"peer:performer": {"num_features": 4}}, **QUIET)
+    options = {r["backend"]: r["options"] for r in report["results"]}
+    assert options["peer:linformer"] == {"k": 16}
+    assert options["peer:local-attention"] == options["peer:longformer-hf"] == {"window": 8}
+    assert options["peer:performer"] == {"num_features": 4}
 
 
-def test_peer_matches_our_settings():
-    assert bench.peer_kwargs("peer:linformer", {"linformer": {"k": 64}}, 1024) == {"k": 64}
-    assert bench.peer_kwargs("peer:longformer-hf", {}, 1024) == {"window": 256}
-    assert bench.peer_kwargs("peer:performer", {"peer:performer": {"num_features": 8}},
-                             1024) == {"num_features": 8}
+def test_peer_requirements_are_the_peers_extra():
+    text = (REPO / "pyproject.toml").read_text()
+    extra = re.search(r"^peers = \[(.*)\]$", text, re.MULTILINE).group(1)
+    assert sorted(re.findall(r'"([^"]+)"', extra)) == sorted(p.requirement
+                                                            for p in PEERS.values())
 
 
 def test_peer_wrappers_shape():
     torch.manual_seed(0)
     x = torch.randn(1, 100, 32)
-    for name in PEERS:
-        if not bench.peer_available(name):
+    for name, peer in PEERS.items():
+        if not peer.available():
             continue
-        kwargs = bench.peer_kwargs(name, {"linformer": {"k": 16}, "longformer": {"window": 16},
-                                          "performer": {"num_features": 16}}, 100)
-        module = bench.build_module(name, 32, 2, 100, kwargs)
+        options = peer.options(100, {"k": 16, "window": 16, "num_features": 16})
+        module = bench.build_module(name, 32, 2, 100, options)
         assert module(x).shape == x.shape, name
 
 
-def test_global_tokens_reach_our_backends(monkeypatch, tmp_path):
+def test_global_tokens_reach_our_backends(monkeypatch):
     seen = []
-    original = bench.build_module
+    original = bench.measure.build_module
 
     def spy(name, *args, **kwargs):
         module = original(name, *args, **kwargs)
@@ -214,9 +468,8 @@ def test_global_tokens_reach_our_backends(monkeypatch, tmp_path):
         module.forward = recording_forward
         return module
 
-    monkeypatch.setattr(bench, "build_module", spy)
-    report = run_bench(["longformer"], [128], heads=2, head_dim=16, threads=1, warmup=0,
-                       repeats=1, isolate=False, gemm_size=64, global_tokens=2,
-                       opts={"longformer": {"window": 32}})
+    monkeypatch.setattr(bench.measure, "build_module", spy)
+    report = run_bench(["longformer"], [128], global_tokens=2, opts={"longformer": {"window": 32}},
+                       **QUIET)
     assert report["results"][0]["status"] == "ok" and report["meta"]["global_tokens"] == 2
     assert seen and set(seen) == {2}

@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 import attention_arena.train as train_module
+from attention_arena import utils
 from attention_arena.attention import available_attentions
 from attention_arena.callbacks import ProgressLog, fraction_done
 from attention_arena.lit_module import ArenaClassifier, warmup_cosine
@@ -656,7 +657,7 @@ def test_config_errors_are_hydras_clear_messages(tmp_path, override, message):
 
 def wait_for_status(run_dir: Path, status: str, proc, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while (read_metrics(run_dir) or {}).get("status") != status:
+    while (utils.read_metrics(run_dir) or {}).get("status") != status:
         assert proc.poll() is None, f"exited {proc.returncode} before {run_dir} was {status}"
         assert time.monotonic() < deadline, f"{run_dir} never {status}"
         time.sleep(0.02)

@@ -1,52 +1,50 @@
 """Shared matplotlib helpers for ``arena-bench`` and ``arena-compare`` (headless, PNG only).
 
-One colour per attention method everywhere, so a backend looks the same in every figure; public
-peer implementations (``peer:*``) reuse their method's colour with a dashed line.
+One colour per attention backend everywhere (by registry order, so a new backend gets its own
+without an edit here), so a backend looks the same in every figure; public implementations reuse
+their method's colour with a dashed line.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never needs a display
 
+import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-_METHOD_COLOURS = {
-    "full": "tab:blue",
-    "linformer": "tab:orange",
-    "longformer": "tab:green",
-    "performer": "tab:red",
-}
-_OTHER_COLOURS = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
-
-# peer name -> the method of ours it implements (used for colours and ratios)
-PEER_METHOD = {
-    "peer:linformer": "linformer",
-    "peer:performer": "performer",
-    "peer:local-attention": "longformer",
-    "peer:longformer-hf": "longformer",
-}
-_PEER_MARKERS = {"peer:local-attention": "^", "peer:longformer-hf": "v"}
+# Qualitative colours, tab10 first: backend i of the registry (sorted names) gets colour i.
+PALETTE = list(mcolors.TABLEAU_COLORS) + [mcolors.to_hex(c) for c in plt.get_cmap("tab20b").colors]
+_PEER_MARKERS = ["s", "^", "v", "D", "P", "X"]
 
 
-def line_style(name: str) -> dict:
-    """Matplotlib kwargs (color, linestyle, marker) for a backend or peer name."""
-    peer = name.startswith("peer:")
-    method = PEER_METHOD.get(name, name.split(":", 1)[-1]) if peer else name
-    base = method.split(" ")[0]  # "full (bbc)" -> "full"
-    colour = _METHOD_COLOURS.get(base)
-    if colour is None:
-        colour = _OTHER_COLOURS[sum(map(ord, base)) % len(_OTHER_COLOURS)]
-    return {
-        "color": colour,
-        "linestyle": "--" if peer else "-",
-        "marker": _PEER_MARKERS.get(name, "s" if peer else "o"),
-    }
+def method_colour(name: str) -> str:
+    """The colour of a backend: its index in :func:`available_attentions`, so every registered
+    backend has its own; a name outside the registry gets one of the rest (by a stable hash)."""
+    from attention_arena.attention import available_attentions
+
+    names = available_attentions()
+    if name in names:
+        return PALETTE[names.index(name) % len(PALETTE)]
+    rest = PALETTE[len(names):] or PALETTE
+    return rest[zlib.crc32(name.encode()) % len(rest)]
+
+
+def line_style(name: str, peer: int = 0) -> dict:
+    """Matplotlib kwargs (color, linestyle, marker) for a backend (``"full"``, or a label such as
+    ``"full (bbc)"``). ``peer`` = i >= 1: the i-th public implementation of that backend, drawn
+    in its colour with a dashed line and its own marker."""
+    colour = method_colour(name.split(" ")[0])  # "full (bbc)" -> "full"
+    if not peer:
+        return {"color": colour, "linestyle": "-", "marker": "o"}
+    return {"color": colour, "linestyle": "--",
+            "marker": _PEER_MARKERS[(peer - 1) % len(_PEER_MARKERS)]}
 
 
 def _int_ticks(value: float, _pos: int) -> str:

@@ -327,7 +327,9 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     """``metrics.json``: :data:`METRIC_KEYS` then :data:`RUN_KEYS` (missing ones: null)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {key: metrics.get(key) for key in (*METRIC_KEYS, *RUN_KEYS)}
-    (run_dir / "metrics.json").write_text(json.dumps(data, indent=2) + "\n")
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(run_dir / "metrics.json")  # atomic: a reader never sees half a file
 
 
 def failure_line(metrics: dict[str, Any]) -> str:

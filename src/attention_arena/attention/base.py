@@ -111,6 +111,22 @@ class SelfAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
 
+    def flops(self, seq_len: int, batch: int = 1) -> float | None:
+        """Useful FLOPs of one forward + backward pass (3 × forward) on ``batch`` sequences of
+        ``seq_len`` tokens: the four projections ``4 · 2·B·N·D²`` plus :meth:`attention_flops`
+        (one multiply-add = 2 FLOPs). None where the backend does not count its core."""
+        core = self.attention_flops(seq_len, batch)
+        if core is None:
+            return None
+        projections = 4 * 2 * batch * seq_len * self.embed_dim**2
+        return 3.0 * (projections + core)
+
+    def attention_flops(self, seq_len: int, batch: int = 1) -> float | None:
+        """Forward FLOPs of the attention core: the matmul work the method has to do with this
+        instance's options (not padding, masked-out corners or element-wise softmax work).
+        Backends override it; None = not counted (``arena-bench`` shows '-')."""
+        return None
+
     @classmethod
     def fit_to_length(cls, options: dict, max_len: int) -> tuple[dict, list[str]]:
         """``options`` (this backend's keyword arguments) adapted to sequences of at most

@@ -46,6 +46,10 @@ class FullAttention(SelfAttention):
         p = self.dropout if self.training else 0.0
         return full_attention(q, k, v, key_padding_mask, dropout_p=p)
 
+    def attention_flops(self, seq_len: int, batch: int = 1) -> float:
+        """``QKᵀ`` and ``AV``: ``2 · 2·B·H·N²·d``."""
+        return 2 * 2 * batch * self.num_heads * seq_len**2 * self.head_dim
+
 
 def reference_attention(
     q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None
