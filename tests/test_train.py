@@ -35,7 +35,6 @@ from attention_arena.train import (
     METRIC_KEYS,
     ExitStatus,
     Interrupted,
-    example_ids,
     resolve_ckpt_path,
     run_job,
     signals_interrupt,
@@ -303,8 +302,19 @@ def test_run_writes_metrics_and_checkpoints(tiny_run):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["parameters"] > 0 and m["steps"] > 0 and m["epochs"] == 2
     assert m["train_tokens_per_s"] > 0 and m["peak_memory_mb"] > 0 and m["wall_time_s"] > 0
-    assert m["kind"] == "model" and m["notes"] == [] and m["tokenizer"] == "bytes"
+    assert m["kind"] == "model" and m["notes"] == [] and m["tokenizer"] == "bpe"
     assert (tiny_run.dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_run_records_the_data_and_stores_the_tokenizer(tiny_run, tiny_dm):
+    from attention_arena.data import load_tokenizer
+
+    stats = tiny_run.metrics["data_stats"]
+    assert stats == json.loads(json.dumps(tiny_dm.data_stats()))
+    assert {split: s["n"] for split, s in stats.items()} == tiny_dm.split_sizes
+    saved = load_tokenizer(tiny_run.dir)  # a checkpoint can be used on new text
+    text = "Shares rose sharply after the announcement."
+    assert saved.name == "bpe" and saved.encode(text) == tiny_dm.tokenizer.encode(text)
 
 
 def test_predictions_csv_holds_every_val_and_test_example_of_the_evaluated_checkpoint(
@@ -320,7 +330,7 @@ def test_predictions_csv_holds_every_val_and_test_example_of_the_evaluated_check
         part = [r for r in rows if r["split"] == split]
         assert [int(r["index"]) for r in part] == list(range(len(part)))
         ids = [r["id"] for r in part]
-        assert ids == example_ids(dm, split) and len(set(ids)) == len(ids)
+        assert ids == dm.example_ids(split) and len(set(ids)) == len(ids)
         assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
         assert [int(r["label"]) for r in part] == dm.splits[split].labels.tolist()
         probs = torch.tensor([[float(r[f"prob_{c}"]) for c in range(num_classes)] for r in part])
@@ -351,7 +361,7 @@ def test_the_csv_logger_records_loss_lr_and_accuracy(tiny_run, tiny_dm):
                                       rel=1e-5), step
     val = logged(tiny_run.dir, "val/acc")
     assert [epoch for epoch, _, _ in val] == [0, 1, 2]  # epochs 1 and 2, then the best ckpt
-    n_val = len(csv_rows(tiny_run.dir / "predictions.csv")) // 2
+    n_val = tiny_dm.split_sizes["val"]
     for _, _, acc in val:
         assert 0.0 <= acc <= 1.0 and acc * n_val == pytest.approx(round(acc * n_val), abs=1e-4)
     assert val[-1][2] == pytest.approx(m["val_acc"])

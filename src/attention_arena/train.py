@@ -239,7 +239,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("compile"):
         module.model.compile()  # in place: checkpoints keep the plain parameter names
     trainer = build_trainer(cfg, run_dir)
-    if _global_rank() == 0 and hasattr(datamodule, "save_tokenizer"):
+    if _global_rank() == 0:
         datamodule.save_tokenizer(run_dir)  # so that a checkpoint works on new text
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
@@ -257,8 +257,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_tokens_per_s": _float(fit_metrics, "train/tokens_per_s_epoch"),
         "peak_memory_mb": _float(fit_metrics, "sys/peak_memory_mb"),
         "val_acc": _float(fit_metrics, "val/acc"), "val_f1": _float(fit_metrics, "val/f1"),
-        "notes": notes, "tokenizer": getattr(getattr(datamodule, "tokenizer", None), "name", None),
-        "data_stats": datamodule.data_stats() if hasattr(datamodule, "data_stats") else None,
+        "notes": notes, "tokenizer": datamodule.tokenizer.name,
+        "data_stats": datamodule.data_stats(),
     }
     last = run_dir / "checkpoints" / "last.ckpt"
     if metrics["steps"] == 0 and last.exists():  # ddp_spawn keeps the loop state in its workers
@@ -295,14 +295,6 @@ def evaluate_best(trainer, module, datamodule, run_dir: Path, fit: dict[str, Any
     return metrics
 
 
-def example_ids(datamodule, split: str) -> list[str]:
-    """``datamodule.example_ids(split)``: a stable id per example, in loader order."""
-    if hasattr(datamodule, "example_ids"):
-        return list(datamodule.example_ids(split))
-    # interim: replaced by data branch (the same ids: the first 16 hex digits of the text's SHA-1)
-    return [f"{h:016x}" for h in datamodule.splits[split].hashes.tolist()]
-
-
 def write_predictions(path: Path, module, datamodule) -> None:
     """``predictions.csv``: ``split,index,id,label,pred,prob_0..prob_{C-1}``, one row per val and
     test example in dataset order (``pred`` = argmax of the logits, ``prob_c`` = softmax)."""
@@ -314,7 +306,7 @@ def write_predictions(path: Path, module, datamodule) -> None:
         for split, loader in (("val", datamodule.val_dataloader()),
                               ("test", datamodule.test_dataloader())):
             logits, labels = module.predict_logits(loader)  # (N, C), (N,)
-            ids = example_ids(datamodule, split)
+            ids = datamodule.example_ids(split)
             if len(ids) != len(labels):
                 raise RuntimeError(f"{split}: {len(ids)} example ids for {len(labels)} examples")
             probs = logits.softmax(-1).tolist()
