@@ -28,16 +28,16 @@ from omegaconf import OmegaConf
 import attention_arena.train as train_module
 from attention_arena import utils
 from attention_arena.attention import available_attentions
-from attention_arena.callbacks import ProgressLog, fraction_done
+from attention_arena.callbacks import ProgressLog, StopWhenInterrupted, fraction_done
 from attention_arena.lit_module import ArenaClassifier, warmup_cosine
 from attention_arena.train import (
     CONF_DIR,
     METRIC_KEYS,
     ExitStatus,
     Interrupted,
+    InterruptHandler,
     resolve_ckpt_path,
     run_job,
-    signals_interrupt,
 )
 from attention_arena.utils import RUN_KEYS, JobPosition, job_dirs, sweep_grid, sweep_jobs
 from conftest import (
@@ -112,7 +112,7 @@ def test_default_callbacks_are_instantiated_from_their_configs(tmp_path):
     callbacks = train_module.build_callbacks(cfg)
     kinds = [type(c) for c in callbacks]
     assert kinds == [ModelCheckpoint, ModelCheckpoint, NaNGuard, EpochSeededShuffle, ProgressLog,
-                     ModelCheckpoint, DestroyProcessGroup]
+                     ModelCheckpoint, StopWhenInterrupted, DestroyProcessGroup]
     best, last, steps = callbacks[0], callbacks[1], callbacks[5]
     assert best.monitor == "val/acc" and best.mode == "max" and best.save_top_k == 1
     assert last.monitor is None and last.filename == "last"
@@ -261,15 +261,32 @@ def test_an_interrupted_job_is_recorded_then_stops_the_sweep(tmp_path, monkeypat
     assert m["status"] == "failed" and m["error"] == "Interrupted: SIGTERM"
 
 
-def test_signals_raise_interrupted_once_and_are_restored():
+def test_signals_raise_interrupted_and_a_lost_one_is_raised_again(tmp_path, monkeypatch):
     before = signal.getsignal(signal.SIGTERM)
-    with signals_interrupt():
-        with pytest.raises(Interrupted) as info:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises at the next bytecode
-        assert info.value.signum == signal.SIGTERM and str(info.value) == "SIGTERM"
-        os.kill(os.getpid(), signal.SIGINT)  # a second signal while the job records: ignored
-        time.sleep(0.05)
+    with InterruptHandler().installed() as handler:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # every signal raises (a second Ctrl+C too)
+            with pytest.raises(Interrupted) as info:
+                os.kill(os.getpid(), sig)
+                time.sleep(5)  # the handler raises at the next bytecode
+            assert info.value.signum == sig and str(info.value) == sig.name
+        assert handler.signum == signal.SIGTERM  # the first
+
+        def lost() -> None:  # a signal during a __del__: Python only prints the exception
+            class Finalized:
+                def __del__(self):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.5)
+            Finalized()
+
+        handler.signum = None
+        lost()
+        assert handler.signum == signal.SIGTERM
+        monkeypatch.setattr(train_module, "train", lambda cfg: pytest.fail("job started"))
+        with pytest.raises(Interrupted):  # ... so no further job starts
+            run_job(compose_train(*TINY, f"output_dir={tmp_path}"))
+        assert not (tmp_path / "metrics.json").exists()
+        with pytest.raises(Interrupted):  # ... and a running one stops at its next batch
+            StopWhenInterrupted().on_train_batch_start(None, None, None, 0)
     assert signal.getsignal(signal.SIGTERM) is before
 
 

@@ -30,7 +30,6 @@ Interruptions: SIGINT or SIGTERM stops the job in progress (its metrics.json say
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -40,7 +39,6 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .callbacks import Interrupted, InterruptHandler, raise_if_interrupted
 from .utils import (
     METRIC_KEYS,
     RUN_KEYS,
@@ -62,35 +61,6 @@ from .utils import (
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
 
 register_resolvers()
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived. Not an ``Exception``: a job records it and re-raises it, and
-    Hydra does not treat it as one failed job to continue after, so the sweep stops."""
-
-    def __init__(self, signum: int):
-        self.signum = int(signum)
-        super().__init__(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """Within: the first SIGINT or SIGTERM raises :class:`Interrupted` in the main thread; later
-    ones are ignored, so that the job can record its state. (Lightning keeps this handler: it
-    chains it after its own SIGTERM handler during ``fit``.)"""
-    received: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if not received:
-            received.append(signum)
-            raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _global_rank() -> int:
@@ -173,12 +143,13 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 def build_callbacks(cfg: DictConfig) -> list[Any]:
     """Instantiate ``cfg.callbacks`` (a mapping name -> ``{_target_: ..., kwargs}``; see
-    ``conf/callbacks/``), plus the process-group cleanup that DDP needs."""
-    from .callbacks import DestroyProcessGroup
+    ``conf/callbacks/``), plus the two every run needs: a stop at the next batch after a lost
+    interrupt, and the process-group cleanup of DDP."""
+    from .callbacks import DestroyProcessGroup, StopWhenInterrupted
 
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()
                  if c is not None]
-    return [*callbacks, DestroyProcessGroup()]
+    return [*callbacks, StopWhenInterrupted(), DestroyProcessGroup()]
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path):
@@ -336,6 +307,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
     An :class:`Interrupted` (or other non-``Exception``) is recorded, then re-raised.
     """
+    raise_if_interrupted()  # a signal whose exception got lost: start no further job
     start = time.time()
     run_dir = run_directory(cfg)
     overrides, _ = _hydra_info()
@@ -357,8 +329,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             cfg.output_dir = str(run_dir)
         metrics.update(train(cfg), status="ok")
     except BaseException as err:  # noqa: BLE001 - a job reports its own failure (module doc)
-        error = err
-        metrics.update(status="failed", error=_one_line(err))
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        # Lightning raises SIGTERMException on SIGTERM if our handler's exception got lost
+        error = Interrupted(signal.SIGTERM) if isinstance(err, SIGTERMException) else err
+        metrics.update(status="failed", error=_one_line(error))
     metrics["wall_time_s"] = round(time.time() - start, 3)
     metrics = {key: metrics.get(key) for key in (*METRIC_KEYS, *RUN_KEYS)}
     rank = _global_rank()  # known for sure only now (DDP sets it while fitting)
@@ -456,12 +431,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point (``arena-train``): the Hydra app. Exit status 1 if a job failed
     (:class:`ExitStatus`), 128 + N if signal N (SIGINT, SIGTERM) interrupted it."""
-    try:
-        with signals_interrupt():
+    handler = InterruptHandler()
+    with handler.installed():
+        try:
             hydra_main()
-    except Interrupted as err:
-        print(f"[arena] stopped by {err}", file=sys.stderr, flush=True)
-        sys.exit(128 + err.signum)
+        except (Interrupted, SystemExit):  # SystemExit: ExitStatus, or Lightning on SIGTERM
+            if handler.signum is None:
+                raise
+    if handler.signum is not None:
+        print(f"[arena] stopped by {signal.Signals(handler.signum).name}", file=sys.stderr,
+              flush=True)
+        sys.exit(128 + handler.signum)
 
 
 if __name__ == "__main__":
