@@ -34,12 +34,18 @@ from attention_arena.train import (
     CONF_DIR,
     METRIC_KEYS,
     ExitStatus,
-    Interrupted,
-    InterruptHandler,
     resolve_ckpt_path,
     run_job,
 )
-from attention_arena.utils import RUN_KEYS, JobPosition, job_dirs, sweep_grid, sweep_jobs
+from attention_arena.utils import (
+    RUN_KEYS,
+    Interrupted,
+    InterruptHandler,
+    JobPosition,
+    job_dirs,
+    sweep_grid,
+    sweep_jobs,
+)
 from conftest import (
     TINY,
     cli_env,

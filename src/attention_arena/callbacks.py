@@ -1,6 +1,6 @@
 """Training callbacks: a NaN/inf guard, process-group cleanup, the per-epoch shuffle seed, a
-progress line per epoch, the SIGINT / SIGTERM handling of a job, and fault injectors for tests
-(a NaN, a SIGKILL, ruined weights).
+progress line per epoch, a stop at the next batch after a lost interrupt, and fault injectors
+for tests (a NaN, a SIGKILL, ruined weights).
 
 The ones every run uses are listed in ``conf/callbacks/default.yaml`` (one YAML file each, with
 its ``_target_``), and Hydra instantiates them; :class:`StopWhenInterrupted` and
@@ -9,14 +9,11 @@ its ``_target_``), and Hydra instantiates them; :class:`StopWhenInterrupted` and
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -26,6 +23,7 @@ from .utils import (
     JobPosition,
     format_duration,
     job_position,
+    raise_if_interrupted,
     read_metrics,
     sweep_jobs,
 )
@@ -137,51 +135,9 @@ class RuinWeights(pl.Callback):
                     p.zero_()
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived. Not an ``Exception``: a job records it and re-raises it, and
-    Hydra does not treat it as one failed job to continue after, so the sweep stops."""
-
-    def __init__(self, signum: int):
-        self.signum = int(signum)
-        super().__init__(signal.Signals(signum).name)
-
-
-class InterruptHandler:
-    """The SIGINT / SIGTERM handler of ``arena-train``: every such signal raises
-    :class:`Interrupted` in the main thread, and the first is remembered (``signum``). An
-    exception raised while Python runs a ``__del__`` (a signal landing in a garbage collection)
-    is only printed, so the job asks again (:func:`raise_if_interrupted`): before it starts and
-    at every batch (:class:`StopWhenInterrupted`). Lightning keeps this handler: during ``fit``
-    it calls it after its own."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.signum = self.signum or signum
-        raise Interrupted(signum)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[InterruptHandler]:
-        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-
-def raise_if_interrupted() -> None:
-    """Raise :class:`Interrupted` if the installed :class:`InterruptHandler` saw a signal (the
-    state is the handler's: signals, like handlers, belong to the whole process)."""
-    handler = signal.getsignal(signal.SIGINT)
-    if isinstance(handler, InterruptHandler) and handler.signum is not None:
-        raise Interrupted(handler.signum)
-
-
 class StopWhenInterrupted(pl.Callback):
-    """Raise :class:`Interrupted` at the next batch after a SIGINT / SIGTERM whose exception got
-    lost (see :class:`InterruptHandler`)."""
+    """Raise :class:`~attention_arena.utils.Interrupted` at the next batch after a SIGINT /
+    SIGTERM whose exception got lost (see :class:`~attention_arena.utils.InterruptHandler`)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         raise_if_interrupted()

@@ -47,12 +47,14 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .callbacks import Interrupted, InterruptHandler, raise_if_interrupted
 from .utils import (
     METRIC_KEYS,
     RUN_KEYS,
+    Interrupted,
+    InterruptHandler,
     format_table,
     job_position,
+    raise_if_interrupted,
     read_metrics,
     register_resolvers,
     sweep_jobs,

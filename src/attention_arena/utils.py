@@ -1,11 +1,14 @@
 """Small helpers shared by the training script, the comparison and tests: OmegaConf resolvers,
-formatting, and reading a sweep back (its grid, its jobs' directories and status)."""
+formatting, the SIGINT / SIGTERM handling of a job, and reading a sweep back (its grid, its
+jobs' directories and status)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Mapping
+import signal
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,52 @@ def format_table(rows: Mapping[str, Any]) -> str:
 
     width = max(len(k) for k in rows)
     return "\n".join(f"  {k:<{width}}  {fmt(v)}" for k, v in rows.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Interruptions: SIGINT / SIGTERM stop a job and its sweep
+# --------------------------------------------------------------------------------------------
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. Not an ``Exception``: a job records it and re-raises it, and
+    Hydra does not treat it as one failed job to continue after, so the sweep stops."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(signum).name)
+
+
+class InterruptHandler:
+    """The SIGINT / SIGTERM handler of ``arena-train``: every such signal raises
+    :class:`Interrupted` in the main thread, and the first is remembered (``signum``). An
+    exception raised while Python runs a ``__del__`` (a signal landing in a garbage collection)
+    is only printed, so the job asks again (:func:`raise_if_interrupted`): before it starts and
+    at every batch (:class:`StopWhenInterrupted`). Lightning keeps this handler: during ``fit``
+    it calls it after its own."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[InterruptHandler]:
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` if the installed :class:`InterruptHandler` saw a signal (the
+    state is the handler's: signals, like handlers, belong to the whole process)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if isinstance(handler, InterruptHandler) and handler.signum is not None:
+        raise Interrupted(handler.signum)
 
 
 # --------------------------------------------------------------------------------------------
