@@ -40,7 +40,8 @@ def test_compare_run_trains_a_grid_and_reports(tmp_path):
         "linformer k capped from 256 to 128 = max_len"]
     assert (sweep / "comparison" / "accuracy_vs_length.png").stat().st_size > 1000
     assert "longformer" not in proc.stdout and "linformer" in proc.stdout
-    assert "sweep finished" in proc.stdout and "4 jobs: 4 ok" in proc.stdout
+    assert "sweep ended" in proc.stdout and "4 jobs: 4 ok" in proc.stdout
+    assert "--resume" not in proc.stderr
     assert "arena-compare" in proc.stdout
 
 

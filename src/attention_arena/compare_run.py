@@ -91,7 +91,7 @@ def resume(sweep_dir: Path, runner: SignalForwarder) -> int:
     code = 0
     for job in todo:
         if job.run_dir is not None:
-            print(f"job {job.num} is {job.status}: replacing {job.run_dir}", flush=True)
+            print(f"job {job.num} ({job.status}): replacing {job.run_dir}", flush=True)
             shutil.rmtree(job.run_dir)
         status = runner.call(rerun_command(job, sweep_dir))
         if runner.received:
@@ -100,16 +100,18 @@ def resume(sweep_dir: Path, runner: SignalForwarder) -> int:
     return code
 
 
-def summary(sweep_dir: Path) -> str:
-    """``8 jobs: 6 ok, 1 failed, 1 not run`` (empty if the grid cannot be read)."""
+def unfinished(sweep_dir: Path) -> tuple[str, bool]:
+    """(``8 jobs: 6 ok, 1 failed, 1 not run``, whether a job is not ok); ("", False) if the
+    grid cannot be read."""
     try:
         jobs = sweep_jobs(sweep_dir)
     except (OSError, ValueError):
-        return ""
+        return "", False
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
-    return f"{len(jobs)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    text = f"{len(jobs)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    return text, set(counts) != {"ok"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,17 +140,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.experiment}_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
             code = runner.call([*TRAIN, "-m", f"experiment={args.experiment}",
                                 f"hydra.sweep.dir={sweep_dir}", *overrides])
-    print(f"sweep {'interrupted' if runner.received else 'finished'} after "
-          f"{time.time() - start:.0f} s (exit status {code}); {summary(sweep_dir)}", flush=True)
+    counts, incomplete = unfinished(sweep_dir)
+    print(f"sweep {'interrupted' if runner.received else 'ended'} after "
+          f"{time.time() - start:.0f} s (exit status {code}); {counts}", flush=True)
     if not sweep_dir.exists():
         print(f"error: the sweep wrote nothing to {sweep_dir}; see the messages above",
               file=sys.stderr)
         return code or 1
     report = compare.main([str(sweep_dir)])
     print(f"(rerun the report alone: arena-compare {sweep_dir})")
+    if incomplete:
+        print(f"run the jobs that did not finish ok with: arena-compare-run --resume "
+              f"{sweep_dir}", file=sys.stderr)
     if runner.received:
-        print(f"interrupted by {signal.Signals(runner.received).name}; run the jobs that did not "
-              f"finish with: arena-compare-run --resume {sweep_dir}", file=sys.stderr)
         return 128 + runner.received
     return code or report
 
