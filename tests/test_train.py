@@ -538,6 +538,9 @@ def test_sweep_grid_errors(tmp_path):
                    tmp_path / "multirun.yaml")
     with pytest.raises(ValueError, match="only the basic sweeper"):
         sweep_grid(tmp_path)
+    write_multirun_yaml(tmp_path, {}, ["seed=glob(*)"])  # a group glob needs the config loader
+    with pytest.raises(ValueError, match="cannot expand the sweep's grid"):
+        sweep_grid(tmp_path)
 
 
 def fake_sweep(sweep: Path) -> None:

@@ -142,7 +142,9 @@ def sweep_grid(sweep_dir: str | Path) -> list[list[str]]:
 
     Read from ``SWEEP_DIR/multirun.yaml`` (written by Hydra's basic sweeper when a sweep starts):
     the sweeper's ``params`` followed by the command line's task overrides, expanded exactly as
-    the basic sweeper expands them (a cartesian product, later keys varying fastest).
+    the basic sweeper expands them (a cartesian product, later keys varying fastest). Raises
+    FileNotFoundError without a multirun.yaml, ValueError for another sweeper or a grid that
+    cannot be expanded.
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -159,8 +161,12 @@ def sweep_grid(sweep_dir: str | Path) -> list[list[str]]:
     params = hydra_cfg.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
     arguments += [str(o) for o in hydra_cfg.overrides.task]
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        batches = BasicSweeper.split_arguments(overrides, None)
+    except Exception as err:  # noqa: BLE001 - Hydra's parser raises several types
+        raise ValueError(f"{path}: cannot expand the sweep's grid ({err})") from err
+    return [job for batch in batches for job in batch]
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any] | None:
