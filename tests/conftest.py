@@ -37,6 +37,24 @@ def run_train(args: list[str], cwd: Path, timeout: float = 300, **env: str):
                           env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
+def compose_train(*overrides: str):
+    """conf/train.yaml composed with ``overrides``, as ``arena-train`` composes it (no Hydra
+    runtime: set ``output_dir`` to run it in-process)."""
+    from hydra import compose, initialize_config_dir
+
+    from attention_arena.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def train_in_process(run_dir: Path, *overrides: str) -> dict:
+    """One ``arena-train`` job run in this process (TINY model, CSV logger); its metrics."""
+    from attention_arena.train import run_job
+
+    return run_job(compose_train(*TINY, *overrides, f"output_dir={run_dir}"))
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 

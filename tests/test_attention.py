@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -9,6 +11,8 @@ from attention_arena.attention import (
     SelfAttention,
     available_attentions,
     build_attention,
+    full_attention,
+    longformer,
     reference_attention,
     register_attention,
 )
@@ -133,13 +137,29 @@ def test_longformer_equals_dense_banded_reference(N, window, block):
 
 
 @pytest.mark.parametrize("N", [24, 64, 100])
-def test_longformer_dense_and_blocked_paths_agree(N):
+def test_longformer_dense_and_blocked_paths_agree(N, band_paths):
     q, k, v = qkv(N=N)
     pad, glob = masks(2, N)
     real = ~pad[:, None, :, None]
     dense = sliding_window_attention(q, k, v, 16, pad, glob)  # N <= 3 blocks of 64: dense
     blocked = sliding_window_attention(q, k, v, 16, pad, glob, block=4)
+    assert band_paths == ["_dense_band_attention", "_blocked_band_attention"]
     torch.testing.assert_close(dense * real, blocked * real, atol=1e-10, rtol=0)
+
+
+@pytest.fixture
+def band_paths(monkeypatch) -> list[str]:
+    """The names of the longformer band pieces that ran, in call order."""
+    called = []
+    for name in ("_dense_band_attention", "_blocked_band_attention"):
+        piece = getattr(longformer, name)
+
+        def spy(*args, _piece=piece, _name=name, **kwargs):
+            called.append(_name)
+            return _piece(*args, **kwargs)
+
+        monkeypatch.setattr(longformer, name, spy)
+    return called
 
 
 def test_longformer_with_window_over_2n_equals_full():
@@ -150,6 +170,40 @@ def test_longformer_with_window_over_2n_equals_full():
     real = ~pad[..., None]
     torch.testing.assert_close(local(x, pad, glob) * real, full(x, pad) * real, atol=1e-5, rtol=0)
     torch.testing.assert_close(local(x), full(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("piece", ["_dense_band_attention", "_blocked_band_attention"])
+def test_longformer_band_wider_than_the_input_equals_full(piece):
+    # The dispatcher short-cuts this case to full attention: call the band pieces directly.
+    N = 40
+    q, k, v = qkv(N=N)
+    pad, glob = masks(2, N)
+    real = ~pad[:, None, :, None]
+    band = getattr(longformer, piece)
+    kw = {"block": 8} if piece == "_blocked_band_attention" else {}
+    no_pad = torch.ones(2, N, dtype=torch.bool)
+    for half in (N, 2 * N):  # window = 2N and 4N
+        out = band(q, k, v, half, no_pad, None, 0.0, **kw)
+        torch.testing.assert_close(out, full_attention(q, k, v), atol=1e-10, rtol=0)
+        out = band(q, k, v, half, ~pad, glob & ~pad, 0.0, **kw)
+        torch.testing.assert_close(out * real, full_attention(q, k, v, pad) * real, atol=1e-10,
+                                   rtol=0)
+
+
+@pytest.mark.parametrize("block,path", [(None, "_dense_band_attention"),
+                                        (4, "_blocked_band_attention")])
+def test_longformer_global_token_at_a_padded_position_is_padding(block, path, band_paths):
+    N = 40
+    q, k, v = qkv(N=N)
+    pad, glob = masks(2, N)
+    glob_on_pad = glob.clone()
+    glob_on_pad[1, N - 2] = True  # padded in row 1: no weight as a key, no effect as a query
+    assert pad[1, N - 2]
+    real = ~pad[:, None, :, None]
+    out = sliding_window_attention(q, k, v, 8, pad, glob_on_pad, block=block)
+    assert band_paths == [path]
+    ref = banded_reference(q, k, v, 8, pad, glob)
+    torch.testing.assert_close(out * real, ref * real, atol=1e-10, rtol=0)
 
 
 def test_linformer_with_identity_projection_equals_full():
@@ -213,6 +267,21 @@ def test_performer_equals_explicit_feature_computation(dtype, tol):
                                    rtol=tol)
 
 
+@pytest.mark.parametrize("eps", [0.0, 1e-4, 0.1])
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_performer_gradient_is_exact(eps, scale):
+    # The stabiliser c = max(exponent) cancels only for eps = 0: the backward must follow it.
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 6, 4, generator=g, dtype=torch.float64) * scale
+               for _ in range(3))
+    w = orthogonal_random_features(8, 4, torch.Generator().manual_seed(1)).double()
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    inputs = tuple(t.requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: favor_attention(q, k, v, w, pad, eps=eps),
+                                    inputs)
+
+
 def test_performer_error_shrinks_with_more_features():
     errors = []
     for m in (16, 64, 256):
@@ -232,21 +301,31 @@ def test_orthogonal_features_are_orthogonal_within_blocks():
     torch.testing.assert_close(block @ block.T, torch.eye(32), atol=1e-5, rtol=0)
 
 
-def test_performer_redraws_deterministically_in_training_only():
-    a = make("performer", redraw_interval=2, seed=7)
-    b = make("performer", redraw_interval=2, seed=7)
+def test_performer_training_call_t_uses_the_documented_draw():
+    seed, every, m = 7, 2, 16
+    attn = make("performer", redraw_interval=every, seed=seed, num_features=m).train()
     x = torch.randn(1, 8, D)
-    first = a.projection.clone()
-    a.train()
-    a(x)
-    a(x)
-    assert torch.equal(a.projection, first)  # redrawn at the start of the 3rd call
-    a(x)
-    assert not torch.equal(a.projection, first)
-    b.train()
+
+    def draw(i: int):  # the documented formula, with a generator built here
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        return orthogonal_random_features(m, D // H, generator)
+
+    assert torch.equal(attn.projection, draw(0))
+    for t in range(1, 8):  # training call t uses draw (t - 1) // redraw_interval
+        y = attn(x)
+        expected = draw((t - 1) // every)
+        assert torch.equal(attn.projection, expected), t
+        fixed = copy.deepcopy(attn).eval()
+        fixed.projection.copy_(expected)
+        assert torch.equal(y, fixed(x)), t  # the call itself computed with that draw
+    assert not torch.equal(draw(0), draw(1))
+
+
+def test_performer_redraws_in_training_only():
+    a = make("performer", redraw_interval=2, seed=7).train()
+    x = torch.randn(1, 8, D)
     for _ in range(3):
-        b(x)
-    assert torch.equal(a.projection, b.projection)
+        a(x)
     a.eval()
     fixed = a.projection.clone()
     for _ in range(5):
@@ -275,6 +354,21 @@ def test_performer_is_stable_with_large_norms():
     w = orthogonal_random_features(64, 16, torch.Generator().manual_seed(0))
     pad, _ = masks(2, 128)
     assert torch.isfinite(favor_attention(q, k, v, w, pad)).all()
+
+
+@pytest.mark.parametrize("q_scale,k_scale", [(60.0, 1.0), (1.0, 300.0)])
+def test_performer_is_exact_when_the_exponent_is_below_minus_1e4(q_scale, k_scale):
+    # d = 16: ||x'||^2 / 2 exceeds 1e4 for many queries (scale 60) or for every real key (scale
+    # 300); only all-padding rows need a guard against an infinite stabiliser
+    q, k, v = qkv(N=128, d=16, dtype=torch.float64)
+    q, k = q * q_scale, k * k_scale
+    w = orthogonal_random_features(64, 16, torch.Generator().manual_seed(0))
+    pad, _ = masks(2, 128)
+    half_sq_q, half_sq_k = (0.5 * (x * x).sum(-1) / 4 for x in (q, k))  # ||x'||^2 / 2
+    real = ~pad[:, None, :].expand_as(half_sq_k)
+    assert (half_sq_q > 1e4).any() or (half_sq_k[real] > 1e4).all()
+    torch.testing.assert_close(favor_attention(q, k, v, w, pad), explicit_favor(q, k, v, w, pad),
+                               atol=1e-10, rtol=1e-10)
 
 
 # --- invariances and robustness, every backend ------------------------------------------------
@@ -329,6 +423,45 @@ def test_gradients_reach_every_parameter(name):
     for pname, p in attn.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, pname
+
+
+# Small options that keep gradcheck fast; a backend not listed runs with its defaults.
+GRADCHECK_OPTIONS = {"linformer": {"k": 4, "max_len": 10}, "longformer": {"window": 4},
+                     "performer": {"num_features": 8}}
+
+
+def gradcheck_module(attn: SelfAttention, N: int = 10) -> bool:
+    """gradcheck in float64 of ``attn`` with respect to its input and every parameter, with a
+    padding mask and global tokens (one of them at a padded position)."""
+    attn = attn.double().eval()  # eval: fixed Performer features, no dropout
+    torch.manual_seed(1)
+    x = torch.randn(2, N, attn.embed_dim, dtype=torch.float64, requires_grad=True)
+    pad, glob = masks(2, N)
+    glob[1, N - 1] = True
+    names = [name for name, _ in attn.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in attn.parameters()]
+
+    def f(x, *params):
+        return torch.func.functional_call(attn, dict(zip(names, params, strict=True)),
+                                          (x, pad, glob))
+
+    return torch.autograd.gradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gradcheck_every_backend(name):
+    torch.manual_seed(0)
+    attn = build_attention(name, embed_dim=8, num_heads=2, **GRADCHECK_OPTIONS.get(name, {}))
+    assert gradcheck_module(attn)
+
+
+@pytest.mark.parametrize("block,path", [(None, "_dense_band_attention"),
+                                        (2, "_blocked_band_attention")])
+def test_gradcheck_longformer_paths(block, path, band_paths):
+    torch.manual_seed(0)
+    attn = build_attention("longformer", embed_dim=8, num_heads=2, window=4, block=block)
+    assert gradcheck_module(attn, N=10)  # block 2: 5 blocks of queries, 3 key blocks each
+    assert set(band_paths) == {path}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -1,4 +1,7 @@
-"""The main job end to end on a tiny grid: sweep -> metrics.json per run -> comparison report."""
+"""The main job end to end on a tiny grid: sweep -> metrics.json per run -> comparison report.
+
+(Interrupting a sweep and ``--resume``: tests/test_train.py.)
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,21 @@ import csv
 import subprocess
 import sys
 
+import pytest
+
+from attention_arena.compare_run import main
+from attention_arena.utils import read_metrics
 from conftest import TINY, cli_env
 
 
+@pytest.mark.integration
 def test_compare_run_trains_a_grid_and_reports(tmp_path):
+    """Linformer's default k=256 at length 64 is capped (it used to fail every such job)."""
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY if not o.startswith("data.max_length")]
     proc = subprocess.run(
         [sys.executable, "-m", "attention_arena.compare_run", "--sweep-dir", str(sweep),
-         "attention=full,longformer", "data.max_length=64,128",
+         "attention=full,linformer", "data.max_length=64,128",
          *overrides],
         env=cli_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -23,7 +32,37 @@ def test_compare_run_trains_a_grid_and_reports(tmp_path):
     with open(sweep / "comparison" / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert {(r["attention"], r["max_length"]) for r in rows} == {
-        ("full", "64"), ("full", "128"), ("longformer", "64"), ("longformer", "128")}
+        ("full", "64"), ("full", "128"), ("linformer", "64"), ("linformer", "128")}
     assert all(r["status"] == "ok" for r in rows)
+    assert read_metrics(sweep / "2_linformer_L64_s0")["notes"] == [
+        "linformer k capped from 256 to 64 = max_len"]
+    assert read_metrics(sweep / "3_linformer_L128_s0")["notes"] == [
+        "linformer k capped from 256 to 128 = max_len"]
     assert (sweep / "comparison" / "accuracy_vs_length.png").stat().st_size > 1000
-    assert "longformer" in proc.stdout and "arena-compare" in proc.stdout
+    assert "longformer" not in proc.stdout and "linformer" in proc.stdout
+    assert "sweep ended" in proc.stdout and "4 jobs: 4 ok" in proc.stdout
+    assert "--resume" not in proc.stderr
+    assert "arena-compare" in proc.stdout
+
+
+def test_resume_takes_no_overrides(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--resume", str(tmp_path), "seed=1"])
+    assert "--resume takes no overrides" in capsys.readouterr().err
+
+
+def test_a_rerun_is_one_job_with_its_number_in_its_sweep_directory(tmp_path):
+    from omegaconf import OmegaConf
+
+    from attention_arena.compare_run import rerun_command
+    from attention_arena.utils import SweepJob
+
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"hydra": [
+        "hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}", "hydra.job.chdir=false"]}}}),
+        tmp_path / "multirun.yaml")
+    job = SweepJob(3, ["attention=full", "seed=1"], None, "not run")
+    command = rerun_command(job, tmp_path)
+    assert command[:3] == [sys.executable, "-m", "attention_arena.train"]
+    assert command[3:] == ["attention=full", "seed=1", "hydra.job.chdir=false", "hydra.job.num=3",
+                           f"hydra.sweep.dir={tmp_path}",
+                           f"hydra.run.dir={tmp_path}/${{hydra.sweep.subdir}}"]

@@ -23,14 +23,24 @@ from attention_arena.data import (
     TextClassificationDataModule,
     available_datasets,
     evaluate_listops,
-    sources,
+    hub,
+    load_text_splits,
+    make_source,
+    pipeline,
 )
 from attention_arena.data.bbc_news import load_bbc_news
 from attention_arena.data.listops import generate_listops
-from attention_arena.data.processing import RawData, finalize_splits, stratified_split
-from attention_arena.data.sources import SourceOptions, load_text_splits
+from attention_arena.data.pipeline import SplitSpec
+from attention_arena.data.processing import (
+    RawData,
+    deduplicate,
+    finalize_splits,
+    shrink_sizes,
+    stratified_split,
+)
 
-BBC_RAW, BBC_UNIQUE = 2225, 2127
+# 98 exact copies (after stripping) and 3 that differ only in case or whitespace.
+BBC_RAW, BBC_EXACT_UNIQUE, BBC_UNIQUE = 2225, 2127, 2124
 BBC_TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
 
 
@@ -44,9 +54,8 @@ def _cache_env(tmp_path, monkeypatch):
 def bbc_splits():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
-        return load_text_splits(
-            "bbc_news", SourceOptions(), seed=0, val_fraction=0.1, test_fraction=0.1
-        )
+        ts = load_text_splits(make_source("bbc_news"), SplitSpec(0, 0.1, 0.1))
+    return ts.splits, ts.class_names, ts.notes
 
 
 def dm(**kwargs) -> TextClassificationDataModule:
@@ -101,21 +110,25 @@ def test_collate_shapes_mask_and_multiple():
 
 def test_bbc_counts_and_dedup():
     with pytest.warns(DataWarning, match="1 of 2225 documents contain bytes that are not valid"):
-        raw = load_bbc_news(deduplicate_texts=False)
+        raw = load_bbc_news()
     texts, labels = raw.splits["train"]
     assert len(texts) == BBC_RAW and raw.class_names == BBC_TOPICS
-    assert len({t.strip() for t in texts}) == BBC_UNIQUE
-    with pytest.warns(DataWarning):
-        deduped = load_bbc_news()
+    assert len({t.strip() for t in texts}) == BBC_EXACT_UNIQUE
+    assert len({" ".join(t.casefold().split()) for t in texts}) == BBC_UNIQUE
+    deduped = deduplicate(raw, "BBC News", warn=False)
     assert len(deduped.splits["train"][0]) == BBC_UNIQUE
-    assert any("dropped 98 duplicate" in n for n in deduped.notes)
+    assert any(
+        "dropped 101 duplicate documents (98 exact copies after stripping, 3 differing only in "
+        "case or whitespace" in n
+        for n in deduped.notes
+    )
 
 
 def test_bbc_splits_disjoint_and_stratified(bbc_splits):
     splits, names, _ = bbc_splits
     assert names == BBC_TOPICS
     sizes = {s: len(t) for s, (t, _) in splits.items()}
-    assert sizes == {"train": 1701, "val": 213, "test": 213}
+    assert sizes == {"train": 1700, "val": 212, "test": 212}
     sets = {s: set(t) for s, (t, _) in splits.items()}
     assert sum(len(v) for v in sets.values()) == BBC_UNIQUE
     assert not (
@@ -142,7 +155,7 @@ def test_splits_deterministic_order_independent_and_seeded(bbc_splits):
     c = stratified_split(texts, labels, fr, seed=1)
     assert set(a["val"]) != set(c["val"]) and set(a["test"]) != set(c["test"])
     with pytest.warns(DataWarning):
-        again, _, _ = load_text_splits("bbc_news", SourceOptions(), 0, 0.1, 0.1)
+        again = load_text_splits(make_source("bbc_news"), SplitSpec(seed=0)).splits
     assert again == splits
 
 
@@ -152,6 +165,7 @@ def test_datamodule_bbc_batches_and_attributes(tmp_path):
         batch_size=8,
         limit_examples=200,
         pad_to_multiple_of=64,
+        tokenizer="bytes",
         cache_dir=str(tmp_path / "c"),
     )
     with pytest.warns(DataWarning, match="not valid UTF-8"):
@@ -174,13 +188,14 @@ def test_datamodule_bbc_batches_and_attributes(tmp_path):
     val = [b["labels"] for b in m.val_dataloader()]
     assert torch.cat(val).tolist() == m.splits["val"].labels.tolist()
     # No text in two splits (hashes of the source texts), full data.
-    full = dm(max_length=64, cache_dir=str(tmp_path / "c"))
+    full = dm(max_length=64, tokenizer="bytes", cache_dir=str(tmp_path / "c"))
     with pytest.warns(DataWarning):
         full.setup()
     h = {s: set(full.splits[s].hashes.tolist()) for s in ("train", "val", "test")}
     assert sum(map(len, h.values())) == BBC_UNIQUE
     assert not (h["train"] & h["val"] or h["train"] & h["test"] or h["val"] & h["test"])
-    assert full.splits["train"].lengths().max() == 64
+    assert np.diff(full.splits["train"].offsets).max() == 64  # truncated
+    assert full.splits["train"].lengths.max() > 64  # the untruncated counts
 
 
 # --- ListOps -----------------------------------------------------------------------------------
@@ -262,7 +277,7 @@ def test_listops_datamodule(tmp_path):
     with pytest.warns(DataWarning, match="truncated.*raise data.max_length"):
         short.setup()
     small = dm(name="listops", listops_min_length=10, listops_max_length=60, limit_examples=20)
-    assert small.split_sizes == {"train": 17, "val": 2, "test": 2}  # 5000/500/500 scaled
+    assert small.split_sizes == {"train": 16, "val": 2, "test": 2}  # 5000/500/500 scaled
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -334,7 +349,7 @@ def test_files_custom_columns_and_duplicates_warn(tmp_path):
     rows = ROWS + [(ROWS[0][0] + "  ", "animal"), (ROWS[5][0], "finance")]
     train = write(tmp_path / "t.csv", rows, text="body", label="topic")
     test = write(tmp_path / "test.csv", [ROWS[8]], text="body", label="topic")
-    with pytest.warns(DataWarning, match="dropped 3 duplicate documents"):
+    with pytest.warns(DataWarning, match="dropped 3 duplicate documents \\(3 exact"):
         m = dm(
             name="files",
             path=str(train),
@@ -368,6 +383,9 @@ def test_error_unknown_name_and_bad_settings(tmp_path):
         dm(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(DataError, match="data=files needs a file: set data.path"):
         dm(name="files").setup()
+    for name in ("files", "imdb"):
+        with pytest.raises(DataError, match="data.num_classes must be >= 2 or null, got 1"):
+            dm(name=name, num_classes=1)
 
 
 def test_error_missing_and_empty_files(tmp_path):
@@ -424,16 +442,13 @@ def test_non_utf8_bytes_warn_with_count(tmp_path):
     with pytest.warns(
         DataWarning, match="2 of 12 documents contain bytes that are not valid UTF-8"
     ):
-        m = dm(name="files", path=str(path), max_length=64)
+        m = dm(name="files", path=str(path), max_length=64, tokenizer="bytes")
         m.setup()
-    texts = [
-        ByteTokenizer().decode(m.splits[s].ids[a:b])
-        for s in m.splits
-        for a, b in zip(m.splits[s].offsets[:-1], m.splits[s].offsets[1:], strict=True)
-    ]
+    texts = [ByteTokenizer().decode(m.splits[s].example(i)) for s in m.splits
+             for i in range(len(m.splits[s]))]
     assert "the c\ufffdt sat on the mat" in texts
     with pytest.warns(DataWarning, match="2 of 12 documents"):  # repeated from the cache
-        dm(name="files", path=str(path), max_length=64).setup()
+        dm(name="files", path=str(path), max_length=64, tokenizer="bytes").setup()
 
 
 def test_error_labels_out_of_range_and_negative(tmp_path):
@@ -532,6 +547,7 @@ def test_hub_loader_with_fake_hub(monkeypatch):
         )
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.setattr(hub, "hub_revision", lambda hub_id, revision: None)
     with pytest.warns(DataWarning, match="dropped 1 duplicate"):
         m = dm(name="imdb", max_length=16)
         m.setup()
@@ -547,24 +563,24 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
 
     def load(**kw):
-        m = dm(name="files", path=str(path), cache_dir=str(cache), **kw)
+        m = dm(name="files", path=str(path), cache_dir=str(cache), tokenizer="bytes", **kw)
         m.setup()
         return m
 
     first = load(max_length=8)
-    assert first.data.path.exists() and first.splits["train"].lengths().max() == 8
+    assert first.data.path.exists() and np.diff(first.splits["train"].offsets).max() == 8
     built = []
-    real_build = sources._build
-    monkeypatch.setattr(sources, "_build", lambda *a, **k: built.append(a) or real_build(*a, **k))
+    real_build = pipeline._build
+    monkeypatch.setattr(pipeline, "_build", lambda *a, **k: built.append(a) or real_build(*a, **k))
     hit = load(max_length=8)
     assert not built and hit.data.path == first.data.path
     longer = load(max_length=64)  # max_length change -> rebuild
     assert len(built) == 1 and longer.data.path != first.data.path
-    assert longer.splits["train"].lengths().max() > 8
+    assert np.diff(longer.splits["train"].offsets).max() > 8
     write(path, [(t.upper(), y) for t, y in ROWS])  # same size, new content -> rebuild
     changed = load(max_length=64)
     assert len(built) == 2 and changed.data.path != longer.data.path
-    text = ByteTokenizer().decode(changed.splits["train"].ids[: changed.splits["train"].offsets[1]])
+    text = ByteTokenizer().decode(changed.splits["train"].example(0))
     assert text == text.upper()
     other_seed = load(max_length=64, seed=1)
     assert len(built) == 3 and other_seed.data.path != changed.data.path
@@ -591,3 +607,191 @@ def test_datamodule_pickles_for_ddp_spawn(tmp_path):
     clone = pickle.loads(pickle.dumps(dm))
     assert clone.num_classes == dm.num_classes == 5
     assert next(iter(clone.train_dataloader()))["input_ids"].shape[1] <= 64
+
+
+def test_example_ids_and_split_texts_match_the_loaders(tmp_path):
+    import hashlib
+
+    m = dm(max_length=64, limit_examples=60, tokenizer="bytes", cache_dir=str(tmp_path))
+    with pytest.warns(DataWarning):
+        m.setup()
+    for split in ("train", "val", "test"):
+        texts, labels = m.split_texts(split)
+        assert len(texts) == len(m.splits[split])
+        assert m.example_ids(split) == [hashlib.sha1(t.encode()).hexdigest()[:16] for t in texts]
+        assert labels == m.splits[split].labels.tolist()
+        first = ByteTokenizer().encode(texts[0], 64)
+        assert first == m.splits[split].ids[: m.splits[split].offsets[1]].tolist()
+    loader = [b["labels"] for b in m.val_dataloader()]
+    assert torch.cat(loader).tolist() == m.split_texts("val")[1]
+
+
+# --- defects of issue #9 -------------------------------------------------------------------------
+
+
+def test_hub_local_copy_edit_is_not_served_stale(tmp_path):
+    """data.hub_id pointing at a local copy: the cache key holds the copy's content."""
+    copy = tmp_path / "imdb_copy"
+    copy.mkdir()
+    write(copy / "train.csv", [(f"review number {i}", i % 2) for i in range(20)])
+    write(copy / "test.csv", [(f"test review {i}", i % 2) for i in range(6)])
+
+    def texts():
+        m = dm(name="imdb", hub_id=str(copy), tokenizer="bytes", max_length=64)
+        m.setup()
+        return m.split_texts("train")[0] + m.split_texts("test")[0]
+
+    assert "review number 3" in texts()
+    write(copy / "train.csv", [(f"REVIEW NUMBER {i}", i % 2) for i in range(20)])  # same size
+    assert "REVIEW NUMBER 3" in texts() and "review number 3" not in texts()
+
+
+def test_hub_revision_is_part_of_the_cache_key(monkeypatch):
+    import datasets
+
+    loaded = []
+
+    def fake(hub_id, config=None, revision=None, **kwargs):
+        loaded.append(revision)
+        return datasets.DatasetDict({
+            split: datasets.Dataset.from_dict(
+                {"text": [f"{revision[:3]} {split} {i}" for i in range(12)], "label": [0, 1] * 6}
+            )
+            for split in ("train", "test")
+        })
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    sha = ["a" * 40]
+    monkeypatch.setattr(hub, "hub_revision", lambda hub_id, revision: sha[0])
+
+    def first_text():
+        m = dm(name="imdb", tokenizer="bytes", max_length=32)
+        return m.split_texts("train")[0][0]
+
+    assert first_text().startswith("aaa") and loaded == ["a" * 40]
+    assert first_text().startswith("aaa") and len(loaded) == 1  # cache hit
+    sha[0] = "b" * 40  # the hub moved on
+    assert first_text().startswith("bbb") and loaded == ["a" * 40, "b" * 40]
+
+
+def test_dedup_merges_copies_differing_in_case_or_whitespace(tmp_path):
+    train = ROWS + [
+        ("The Cat sat on THE mat", "animal"),  # case only: the test copy is kept
+        ("bond  yields\n climbed\t", "finance"),  # whitespace only: the val copy is kept
+    ]
+    with pytest.warns(DataWarning) as record:
+        m = dm(
+            name="files",
+            path=str(write(tmp_path / "train.csv", train)),
+            val_path=str(write(tmp_path / "val.csv", [("bond yields climbed", "finance")])),
+            test_path=str(write(tmp_path / "test.csv", [("the cat sat on the mat", "animal")])),
+            tokenizer="bytes",
+        )
+        m.setup()
+    msg = [str(w.message) for w in record if "duplicate" in str(w.message)]
+    # ROWS hold both texts exactly too: 2 exact copies, 2 near ones
+    assert len(msg) == 1 and "dropped 4 duplicate documents (2 exact copies after stripping, " \
+        "2 differing only in case or whitespace" in msg[0]
+    assert m.split_texts("val")[0] == ["bond yields climbed"]
+    assert m.split_texts("test")[0] == ["the cat sat on the mat"]
+    keys = {" ".join(t.casefold().split()) for t in m.split_texts("train")[0]}
+    assert not keys & {"bond yields climbed", "the cat sat on the mat"}
+    assert len(m.split_texts("train")[0]) == len(ROWS) - 2
+
+
+def test_note_counts_inputs_identical_to_train_after_truncation(tmp_path):
+    rows = [(f"shared opening words, then story {i}", "x" if i % 2 else "y") for i in range(6)]
+    m = dm(
+        name="files",
+        path=str(write(tmp_path / "train.csv", rows[:4])),
+        val_path=str(write(tmp_path / "val.csv", rows[4:5])),
+        test_path=str(write(tmp_path / "test.csv", rows[5:])),
+        tokenizer="bytes",
+        max_length=12,
+    )
+    assert any("1 of 1 val and 1 of 1 test inputs are identical to a training input" in n
+               for n in m.notes)
+    longer = dm(name="files", path=m.source.path, val_path=m.source.val_path,
+                test_path=m.source.test_path, tokenizer="bytes", max_length=64)
+    assert not any("identical to a training input" in n for n in longer.notes)
+
+
+def test_class_only_in_val_or_test_is_an_error(tmp_path):
+    train = write(tmp_path / "train.csv", ROWS[:8])  # animal, finance
+    test = write(tmp_path / "test.csv", [ROWS[8], ("a dog chased a ball", "animal")])  # + sport
+    with pytest.raises(
+        DataError,
+        match=r"class\(es\) 'sport' \(1 example\) occur in val/test but not in the training "
+        "split.*fix: add training examples",
+    ):
+        dm(name="files", path=str(train), test_path=str(test)).setup()
+
+
+# --- sources own their options ------------------------------------------------------------------
+
+
+def test_unknown_source_option_lists_the_valid_ones(tmp_path):
+    with pytest.raises(
+        DataError,
+        match=r"data=bbc_news has no option 'path' \(option\(s\) of data=files\); its options: "
+        r"\(none\); fix: remove data.path",
+    ):
+        dm(name="bbc_news", path="x.csv")
+    with pytest.raises(
+        DataError,
+        match="data=files has no option 'listops_seed' .*its options: path, val_path, test_path, "
+        "text_column, label_column, num_classes",
+    ):
+        dm(name="files", path="x.csv", listops_seed=3)
+    with pytest.raises(DataError, match="data=imdb has no option 'text_column'"):
+        dm(name="imdb", text_column="body")
+
+
+def test_tokenizer_choice_is_checked_per_data_set():
+    assert dm().tokenizer_spec.name == "bpe" and dm(name="listops").tokenizer_spec.name == "listops"
+    with pytest.raises(DataError, match="data=bbc_news does not support tokenizer=listops .*"
+                       "supports tokenizer=bpe/bytes.*fix: tokenizer=bpe"):
+        dm(tokenizer="listops")
+    with pytest.raises(DataError, match="data=listops does not support tokenizer=bpe"):
+        dm(name="listops", tokenizer={"name": "bpe", "vocab_size": 300})
+    with pytest.raises(DataError, match="unknown tokenizer 'words'; valid: bpe, bytes, listops"):
+        dm(tokenizer="words")
+    with pytest.raises(DataError, match=r"vocab_size must be in 259..65536 \(.*\), got 100; fix"):
+        dm(tokenizer={"name": "bpe", "vocab_size": 100})
+    with pytest.raises(DataError, match=r"unknown tokenizer option\(s\) \['lowercase'\]"):
+        dm(tokenizer={"name": "bpe", "lowercase": True})
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "expected"),
+    [
+        ([5000, 500, 500], 20, [16, 2, 2]),  # ties go to the smaller splits
+        ([1701, 213, 213], 200, [160, 20, 20]),
+        ([1000, 1, 1], 3, [1, 1, 1]),  # every non-empty split keeps one
+        ([10, 0, 5], 6, [4, 0, 2]),
+        ([4, 2, 2], 20, [4, 2, 2]),  # already within the limit
+    ],
+)
+def test_shrink_sizes(sizes, limit, expected):
+    assert shrink_sizes(sizes, limit) == expected
+
+
+def test_class_missing_from_a_small_sample_only_warns(tmp_path):
+    rows = [(f"note {i}", "animal" if i % 2 else "finance") for i in range(12)]
+    train = write(tmp_path / "train.csv", rows + [ROWS[8]])  # 6 + 6 + one sport example
+    test = write(tmp_path / "test.csv", [ROWS[9], ROWS[10]])  # two sport examples
+    # 5 of 15 examples: train keeps 4 (2 animal, 2 finance; sport's share is 0.3), test 1
+    with pytest.warns(DataWarning, match="'sport' .*not in the training split.*raise data.limit"):
+        m = dm(name="files", path=str(train), test_path=str(test), limit_examples=5,
+               val_fraction=0.0, tokenizer="bytes")
+        m.setup()
+    assert 2 not in m.split_texts("train")[1] and 2 in m.split_texts("test")[1]
+
+
+def test_warnings_before_an_error_still_reach_the_user(tmp_path):
+    train = write(tmp_path / "train.csv", ROWS[:8])
+    train.write_bytes(train.read_bytes().replace(b"cat", b"c\xfft"))
+    test = write(tmp_path / "test.csv", [ROWS[8]])  # sport: not in train
+    with pytest.warns(DataWarning, match="not valid UTF-8"):
+        with pytest.raises(DataError, match="sport"):
+            dm(name="files", path=str(train), test_path=str(test)).setup()

@@ -251,3 +251,58 @@ def test_peak_memory_is_reset_per_job():
     after = peak_memory_mb()
     assert during >= before + 48
     assert after <= during - 48
+
+
+def test_predict_logits_keeps_order_and_mode():
+    torch.manual_seed(0)
+    module = ArenaClassifier(vocab_size=50, num_classes=3, model={
+        "embed_dim": 32, "num_heads": 4, "ff_dim": 64, "num_layers": 1, "max_length": 64,
+        "dropout": 0.5})
+    batches = []
+    for seed in (0, 1):
+        ids, pad = batch(seed=seed)
+        batches.append({"input_ids": ids, "padding_mask": pad, "labels": torch.tensor([2, 0, 1])})
+    module.train()
+    logits, labels = module.predict_logits(batches)
+    assert module.training  # restored
+    module.eval()
+    expected = torch.cat([module(b["input_ids"], b["padding_mask"]) for b in batches])
+    torch.testing.assert_close(logits, expected)  # eval mode: no dropout
+    assert labels.tolist() == [2, 0, 1, 2, 0, 1]
+
+
+# --------------------------------------------------------------------------- fit_to_length
+def test_fit_to_length_default_and_linformer_cap():
+    from attention_arena.attention.base import SelfAttention
+    from attention_arena.attention.linformer import LinformerAttention
+
+    options = {"window": 256}
+    fitted, notes = SelfAttention.fit_to_length(options, 16)
+    assert fitted == options and fitted is not options and notes == []
+    assert LinformerAttention.fit_to_length({"k": 32, "max_len": 64}, 64) == (
+        {"k": 32, "max_len": 64}, [])
+    assert LinformerAttention.fit_to_length({"k": 256, "max_len": 64}, 64) == (
+        {"k": 64, "max_len": 64}, ["linformer k capped from 256 to 64 = max_len"])
+    # the shorter of the sequence length and the projection's rows; k's default counts too
+    assert LinformerAttention.fit_to_length({"k": 100, "max_len": 2048}, 48)[0]["k"] == 48
+    assert LinformerAttention.fit_to_length({"k": 100, "max_len": 40}, 64)[0]["k"] == 40
+    assert LinformerAttention.fit_to_length({}, 64) == (
+        {"k": 64}, ["linformer k capped from 256 to 64 = max_len"])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_backend_with_its_config_defaults_runs_at_a_short_length(name):
+    """A length grid shorter than a backend's defaults (conf/attention/<name>.yaml) works."""
+    from omegaconf import OmegaConf
+
+    from attention_arena.train import fit_attention_to_length
+    from conftest import compose_train
+
+    length = 16
+    cfg = compose_train(f"attention={name}", f"data.max_length={length}")
+    attention, notes = fit_attention_to_length(
+        OmegaConf.to_container(cfg.attention, resolve=True), length)
+    assert (notes != []) == (name == "linformer")
+    model = tiny_model(name, max_length=length, attention=attention).eval()
+    ids, pad = batch(N=length, lengths=(16, 9, 3))
+    assert torch.isfinite(model(ids, pad)).all()

@@ -1,15 +1,32 @@
-"""Training callbacks: a NaN/inf guard, process-group cleanup, the per-epoch shuffle seed, and
-fault injectors for tests (a NaN, a SIGKILL)."""
+"""Training callbacks: a NaN/inf guard, process-group cleanup, the per-epoch shuffle seed, a
+progress line per epoch, a stop at the next batch after a lost interrupt, and fault injectors
+for tests (a NaN, a SIGKILL, ruined weights).
+
+The ones every run uses are listed in ``conf/callbacks/default.yaml`` (one YAML file each, with
+its ``_target_``), and Hydra instantiates them; :class:`StopWhenInterrupted` and
+:class:`DestroyProcessGroup` are not optional and are added by the training script.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+
+from .utils import (
+    FINISHED,
+    JobPosition,
+    format_duration,
+    job_position,
+    raise_if_interrupted,
+    read_metrics,
+    sweep_jobs,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -99,6 +116,41 @@ class KillAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class RuinWeights(pl.Callback):
+    """Fault injection (for testing that metrics come from the best checkpoint, not the last):
+    zero every parameter just before the validation of epoch ``at_epoch``, so that validation (and
+    ``last.ckpt``) sees a model that predicts one class for every input.
+
+        +callbacks.ruin._target_=attention_arena.callbacks.RuinWeights +callbacks.ruin.at_epoch=2
+    """
+
+    def __init__(self, at_epoch: int):
+        self.at_epoch = int(at_epoch)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking \
+                and trainer.current_epoch == self.at_epoch:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.zero_()
+
+
+class StopWhenInterrupted(pl.Callback):
+    """Raise :class:`~attention_arena.utils.Interrupted` at the next batch after a SIGINT /
+    SIGTERM whose exception got lost (see :class:`~attention_arena.utils.InterruptHandler`)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        raise_if_interrupted()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx,
+                                  dataloader_idx=0) -> None:
+        raise_if_interrupted()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx,
+                            dataloader_idx=0) -> None:
+        raise_if_interrupted()
+
+
 class EpochSeededShuffle(pl.Callback):
     """Make the training order of epoch ``e`` a function of ``(seed, e)`` only.
 
@@ -127,3 +179,83 @@ class EpochSeededShuffle(pl.Callback):
                     # one when it creates an iterator, at a point that differs after a resume
                     sampler.generator = torch.Generator().manual_seed(
                         self.seed * 1_000_003 + trainer.current_epoch)
+
+
+class ProgressLog(pl.Callback):
+    """A line a person can follow after every validation (at least once per epoch)::
+
+        [3/25] epoch 2/3: val_acc 0.8123, 0:45 elapsed, ~0:22 left for the job, ~8:10 for the sweep
+
+    ``[3/25]`` is the job's place in its sweep (:func:`~attention_arena.utils.job_position`;
+    ``[arena]`` outside a sweep). Time left for the job extrapolates the elapsed fit time over the
+    share of epochs (or steps, whichever is further along) done; for the sweep it adds the mean
+    wall time of its finished jobs (read from their ``metrics.json``; this job's own estimate
+    while none has finished) times the jobs still to run. Printed on global rank 0 only.
+    """
+
+    def __init__(self) -> None:
+        self.position: JobPosition | None = None
+        self.start = 0.0
+        self.printed_step = -1
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.position = job_position()
+        self.start = time.monotonic()
+        self.printed_step = -1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._report(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer)  # epochs without validation (check_val_every_n_epoch > 1)
+
+    def _report(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero or trainer.global_step == self.printed_step:
+            return
+        self.printed_step = trainer.global_step
+        where = f"epoch {trainer.current_epoch + 1}"
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            where += f"/{trainer.max_epochs}"
+        else:
+            where += f" (step {trainer.global_step}/{trainer.max_steps})"
+        details = []
+        if (val_acc := trainer.callback_metrics.get("val/acc")) is not None:
+            details.append(f"val_acc {float(val_acc):.4f}")
+        elapsed = time.monotonic() - self.start
+        details.append(f"{format_duration(elapsed)} elapsed")
+        if (done := fraction_done(trainer)) > 0:
+            job_left = elapsed * (1 - done) / done
+            details.append(f"~{format_duration(job_left)} left for the job")
+            if (sweep_left := self._sweep_left(job_left, elapsed / done)) is not None:
+                details.append(f"~{format_duration(sweep_left)} for the sweep")
+        print(f"{self.position or '[arena]'} {where}: {', '.join(details)}", flush=True)
+
+    def _sweep_left(self, job_left: float, job_estimate: float) -> float | None:
+        """Seconds left for the sweep: this job's rest + the jobs not finished after it."""
+        if self.position is None or self.position.total is None:
+            return None
+        try:
+            jobs = sweep_jobs(self.position.sweep_dir)
+        except (OSError, ValueError):
+            return None
+        finished = [j for j in jobs if j.status in FINISHED and j.num != self.position.num]
+        times = [float((read_metrics(j.run_dir) or {}).get("wall_time_s") or 0.0)
+                 for j in finished]
+        per_job = sum(times) / len(times) if times else job_estimate
+        still_to_run = len(jobs) - len(finished) - 1
+        return job_left + max(0, still_to_run) * per_job
+
+
+def fraction_done(trainer: pl.Trainer) -> float:
+    """Share of the fit done, in (0, 1]: epochs done / max_epochs or steps / max_steps."""
+    shares = []
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        batches = trainer.num_training_batches
+        within = 0.0
+        if isinstance(batches, int) and batches > 0:
+            within = trainer.fit_loop.epoch_loop.batch_progress.current.completed / batches
+        shares.append((trainer.current_epoch + min(1.0, within)) / trainer.max_epochs)
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        shares.append(trainer.global_step / trainer.max_steps)
+    return min(1.0, max(shares, default=0.0))

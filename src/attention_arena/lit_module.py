@@ -22,7 +22,7 @@ import resource
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -155,6 +155,21 @@ class ArenaClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")
+
+    @torch.no_grad()
+    def predict_logits(self, loader: Iterable[Mapping[str, torch.Tensor]]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, C) and labels (N,) of every batch of ``loader``, in its order (eval mode,
+        on this module's device; float32 on the CPU)."""
+        was_training = self.training
+        self.eval()
+        logits, labels = [], []
+        for batch in loader:
+            out = self(batch["input_ids"].to(self.device), batch["padding_mask"].to(self.device))
+            logits.append(out.float().cpu())
+            labels.append(batch["labels"])
+        self.train(was_training)
+        return torch.cat(logits), torch.cat(labels)
 
     # ------------------------------------------------------------------ throughput / memory
     def on_train_epoch_start(self) -> None:

@@ -9,20 +9,32 @@ Examples::
 
 Every run directory holds ``.hydra/config.yaml`` (the composed config, as Hydra writes it),
 ``config_resolved.yaml`` (every interpolation resolved), ``checkpoints/`` (``last.ckpt`` and the
-best by ``val/acc``), ``metrics.json`` (see :data:`METRIC_KEYS`) and, on failure, ``error.log``.
+best by ``val/acc``), ``metrics.json`` (:data:`METRIC_KEYS` then :data:`RUN_KEYS`),
+``predictions.csv`` (every val and test example, from the best checkpoint) and, on failure,
+``error.log``.
 
-Failures: a job catches its own exception, writes ``metrics.json`` with ``status: failed`` and the
-one-line error, prints that line, and returns, so a multirun sweep goes on with the next job. The
-process exits with status 1 at the end if any job of this process failed (single run or sweep
-with the basic launcher). ``HYDRA_FULL_ERROR=1`` or ``ARENA_RAISE=1`` re-raises instead, with the
-full traceback (the traceback is always written to ``<run dir>/error.log``).
+The pieces: :func:`train` fits one configuration, evaluates its best checkpoint and returns the
+metrics; :func:`run_job` is the job around it: ``metrics.json`` says ``status: running`` from the
+moment the job starts, then ``ok`` or ``failed``, so a killed job stays visible.
+
+Failures: a job catches its own exception, records ``status: failed`` with the one-line error
+(the traceback goes to ``<run dir>/error.log``), prints that line and returns, so a sweep goes on
+with the next job. At the end, :class:`ExitStatus` (a Hydra callback) reads the jobs' metrics.json
+and exits with status 1 if any failed. ``HYDRA_FULL_ERROR=1`` or ``ARENA_RAISE=1`` re-raises
+instead, with the full traceback.
+
+Interruptions: SIGINT or SIGTERM stops the job in progress (its metrics.json says ``failed``,
+``Interrupted: SIGTERM``) and the sweep; the process exits with status 128 + the signal number.
+``arena-compare-run --resume SWEEP_DIR`` runs the jobs of a sweep that did not finish.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -32,14 +44,23 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .utils import METRIC_KEYS, format_table, register_resolvers
+from .utils import (
+    METRIC_KEYS,
+    RUN_KEYS,
+    Interrupted,
+    InterruptHandler,
+    format_table,
+    job_position,
+    raise_if_interrupted,
+    read_metrics,
+    register_resolvers,
+    sweep_jobs,
+)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package
-
-
-_FAILURES: list[str] = []  # one line per failed job of this process
 
 register_resolvers()
 
@@ -79,6 +100,14 @@ def _float(metrics: dict[str, Any], key: str) -> float | None:
     return value
 
 
+def run_directory(cfg: DictConfig) -> Path:
+    """``cfg.output_dir`` (Hydra's job directory), or the working directory outside Hydra."""
+    try:
+        return Path(str(cfg.get("output_dir") or os.getcwd())).resolve()
+    except Exception:  # noqa: BLE001 - ${hydra:...} does not resolve outside a Hydra app
+        return Path(os.getcwd()).resolve()
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     """``None`` | ``"last"`` (``<run_dir>/checkpoints/last.ckpt`` if present) | an existing file."""
     if ckpt_path in (None, "", "null", "none"):
@@ -114,41 +143,57 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Any]:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+def build_callbacks(cfg: DictConfig) -> list[Any]:
+    """Instantiate ``cfg.callbacks`` (a mapping name -> ``{_target_: ..., kwargs}``; see
+    ``conf/callbacks/``), plus the two every run needs: a stop at the next batch after a lost
+    interrupt, and the process-group cleanup of DDP."""
+    from .callbacks import DestroyProcessGroup, StopWhenInterrupted
 
-    from .callbacks import DestroyProcessGroup, EpochSeededShuffle, NaNGuard
-
-    ck = cfg.checkpoint
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best-epoch{epoch:02d}-step{step}-acc{val/acc:.4f}",
-            auto_insert_metric_name=False, monitor=ck.monitor, mode=ck.mode,
-            save_top_k=ck.save_top_k, save_last=ck.save_last,
-        ),
-        NaNGuard(),
-        DestroyProcessGroup(),
-        EpochSeededShuffle(cfg.seed),
-    ]
-    if ck.get("every_n_train_steps"):
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
-                                         every_n_train_steps=int(ck.every_n_train_steps),
-                                         filename="step{step}", auto_insert_metric_name=False,
-                                         save_top_k=1, monitor="step", mode="max"))
-    for cb_cfg in (cfg.get("callbacks") or {}).values():
-        if cb_cfg is not None:
-            callbacks.append(hydra.utils.instantiate(cb_cfg))
-    return callbacks
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()
+                 if c is not None]
+    return [*callbacks, StopWhenInterrupted(), DestroyProcessGroup()]
 
 
-def train(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
-    """Fit (and test) one configuration; fills and returns ``result`` (the metrics.json dict)."""
+def build_trainer(cfg: DictConfig, run_dir: Path):
+    """The Lightning Trainer of ``cfg.trainer`` with the run's callbacks and loggers."""
+    kwargs: dict[str, Any] = {}
+    _, multirun = _hydra_info()
+    if multirun and cfg.trainer.get("strategy") == "ddp" and "SLURM_JOB_ID" not in os.environ:
+        # strategy=ddp re-launches `sys.argv`, which would re-run the whole sweep in each rank
+        print("[arena] multirun: using strategy=ddp_spawn instead of ddp", flush=True)
+        kwargs["strategy"] = "ddp_spawn"
+    return hydra.utils.instantiate(
+        cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg) or False,
+        default_root_dir=str(run_dir), _convert_="all", **kwargs,
+    )
+
+
+def fit_attention_to_length(attention: dict[str, Any], max_len: int
+                            ) -> tuple[dict[str, Any], list[str]]:
+    """``attention`` (``{"name": backend, **options}``) adapted by the backend's
+    :meth:`~attention_arena.attention.base.SelfAttention.fit_to_length` to sequences of at most
+    ``max_len`` tokens, and one note per change (printed, and kept in metrics.json)."""
+    from .attention import get_attention_class
+
+    options = dict(attention)
+    name = options.pop("name")
+    options, notes = get_attention_class(name).fit_to_length(options, max_len)
+    for note in notes:
+        print(f"[arena] note: {note}", flush=True)
+    return {"name": name, **options}, notes
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit one configuration, then validate and test its best checkpoint (by ``val/acc``) and
+    write ``predictions.csv``; returns the metrics (the keys of metrics.json this run measures).
+
+    ``cfg.output_dir`` is the run directory (Hydra sets it; set it when calling from Python).
+    """
     import lightning.pytorch as pl
 
     from .lit_module import ArenaClassifier, check_checkpoint_compatible
 
-    run_dir = Path(result["run_dir"])
+    run_dir = Path(str(cfg.output_dir)).resolve()
     pl.seed_everything(cfg.seed, workers=True)
 
     # data: set up here to learn num_classes / vocab_size (Lightning calls setup again, cheaply)
@@ -157,29 +202,18 @@ def train(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
     datamodule.setup("fit")
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    attention_cfg = OmegaConf.to_container(cfg.attention, resolve=True)
-    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    attention_cfg, notes = fit_attention_to_length(
+        OmegaConf.to_container(cfg.attention, resolve=True), int(model_cfg["max_length"]))
     module = ArenaClassifier(
         vocab_size=datamodule.vocab_size, num_classes=datamodule.num_classes, model=model_cfg,
         attention=attention_cfg, data_name=cfg.data.name, max_length=cfg.data.max_length,
-        **optim_cfg,
+        **OmegaConf.to_container(cfg.optim, resolve=True),
     )
-    result["parameters"] = module.model.num_parameters()
     if cfg.get("compile"):
         module.model.compile()  # in place: checkpoints keep the plain parameter names
-
-    trainer_kwargs: dict[str, Any] = {}
-    _, multirun = _hydra_info()
-    if multirun and cfg.trainer.get("strategy") == "ddp" and "SLURM_JOB_ID" not in os.environ:
-        # strategy=ddp re-launches `sys.argv`, which would re-run the whole sweep in each rank
-        print("[arena] multirun: using strategy=ddp_spawn instead of ddp", flush=True)
-        trainer_kwargs["strategy"] = "ddp_spawn"
-
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=build_callbacks(cfg, run_dir), logger=build_loggers(cfg) or False,
-        default_root_dir=str(run_dir), _convert_="all", **trainer_kwargs,
-    )
-    result["_trainer"] = trainer
+    trainer = build_trainer(cfg, run_dir)
+    if _global_rank() == 0:
+        datamodule.save_tokenizer(run_dir)  # so that a checkpoint works on new text
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     if ckpt_path:  # fail early, with a clear message, on a checkpoint of another model
@@ -190,73 +224,123 @@ def train(cfg: DictConfig, result: dict[str, Any]) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_metrics = dict(trainer.callback_metrics)
-    result["epochs"] = int(trainer.current_epoch)
-    result["steps"] = int(trainer.global_step)
+    metrics: dict[str, Any] = {
+        "parameters": module.model.num_parameters(),
+        "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step),
+        "train_tokens_per_s": _float(fit_metrics, "train/tokens_per_s_epoch"),
+        "peak_memory_mb": _float(fit_metrics, "sys/peak_memory_mb"),
+        "val_acc": _float(fit_metrics, "val/acc"), "val_f1": _float(fit_metrics, "val/f1"),
+        "notes": notes, "tokenizer": datamodule.tokenizer.name,
+        "data_stats": datamodule.data_stats(),
+    }
     last = run_dir / "checkpoints" / "last.ckpt"
-    if result["steps"] == 0 and last.exists():  # ddp_spawn keeps the loop state in its workers
+    if metrics["steps"] == 0 and last.exists():  # ddp_spawn keeps the loop state in its workers
         saved = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-        result["epochs"], result["steps"] = int(saved["epoch"]) + 1, int(saved["global_step"])
-    result["train_tokens_per_s"] = _float(fit_metrics, "train/tokens_per_s_epoch")
-    result["peak_memory_mb"] = _float(fit_metrics, "sys/peak_memory_mb")
-    result["val_acc"] = _float(fit_metrics, "val/acc")
-    result["val_f1"] = _float(fit_metrics, "val/f1")
-
+        metrics["epochs"], metrics["steps"] = int(saved["epoch"]) + 1, int(saved["global_step"])
     if cfg.get("test_after_fit", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        ckpt = best if best and Path(best).exists() else None
-        if ckpt is None:
-            print("[arena] no best checkpoint: evaluating the final weights", flush=True)
-        val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        val, test = (val[0] if val else {}), (test[0] if test else {})
-        result["val_acc"], result["val_f1"] = _float(val, "val/acc"), _float(val, "val/f1")
-        result["test_acc"], result["test_f1"] = _float(test, "test/acc"), _float(test, "test/f1")
-        mem = _float(dict(trainer.callback_metrics), "sys/peak_memory_mb")
-        if mem is not None:
-            result["peak_memory_mb"] = max(mem, result["peak_memory_mb"] or 0.0)
-        result["evaluated_checkpoint"] = ckpt
-    result["status"] = "ok"
-    return result
+        metrics.update(evaluate_best(trainer, module, datamodule, run_dir, metrics))
+    return metrics
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """One job: train, catch any failure, write ``metrics.json`` (rank 0), clean up."""
+def evaluate_best(trainer, module, datamodule, run_dir: Path, fit: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """Validate and test the best checkpoint (the final weights if there is none), and write its
+    ``predictions.csv`` (global rank 0): the val/test metrics of metrics.json."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = best if best and Path(best).exists() else None
+    if ckpt is None:
+        print("[arena] no best checkpoint: evaluating the final weights", flush=True)
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    val, test = (val[0] if val else {}), (test[0] if test else {})
+    metrics = {"val_acc": _float(val, "val/acc"), "val_f1": _float(val, "val/f1"),
+               "test_acc": _float(test, "test/acc"), "test_f1": _float(test, "test/f1")}
+    mem = _float(dict(trainer.callback_metrics), "sys/peak_memory_mb")
+    if mem is not None:
+        metrics["peak_memory_mb"] = max(mem, fit.get("peak_memory_mb") or 0.0)
+    if trainer.is_global_zero:
+        if ckpt is not None:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+            module.load_state_dict(state)
+        module.to(trainer.strategy.root_device)
+        with trainer.precision_plugin.test_step_context():
+            write_predictions(run_dir / "predictions.csv", module, datamodule)
+    return metrics
+
+
+def write_predictions(path: Path, module, datamodule) -> None:
+    """``predictions.csv``: ``split,index,id,label,pred,prob_0..prob_{C-1}``, one row per val and
+    test example in dataset order (``pred`` = argmax of the logits, ``prob_c`` = softmax)."""
+    num_classes = int(module.hparams.num_classes)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "index", "id", "label", "pred",
+                         *(f"prob_{c}" for c in range(num_classes))])
+        for split, loader in (("val", datamodule.val_dataloader()),
+                              ("test", datamodule.test_dataloader())):
+            logits, labels = module.predict_logits(loader)  # (N, C), (N,)
+            ids = datamodule.example_ids(split)
+            if len(ids) != len(labels):
+                raise RuntimeError(f"{split}: {len(ids)} example ids for {len(labels)} examples")
+            probs = logits.softmax(-1).tolist()
+            for i, (id_, label, pred) in enumerate(
+                    zip(ids, labels.tolist(), logits.argmax(-1).tolist(), strict=True)):
+                writer.writerow([split, i, id_, label, pred, *(f"{p:.6g}" for p in probs[i])])
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """``metrics.json``: :data:`METRIC_KEYS` then :data:`RUN_KEYS` (missing ones: null)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {key: metrics.get(key) for key in (*METRIC_KEYS, *RUN_KEYS)}
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(run_dir / "metrics.json")  # atomic: a reader never sees half a file
+
+
+def failure_line(metrics: dict[str, Any]) -> str:
+    return (f"[arena] ERROR ({metrics.get('attention')}, {metrics.get('data')}, run dir "
+            f"{metrics.get('run_dir')}): {metrics.get('error')}")
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """One job: :func:`train` with its bookkeeping. ``metrics.json`` says ``running`` from the
+    start, then ``ok`` with the metrics or ``failed`` with the one-line error (written by global
+    rank 0); then the job's wandb run and process group are closed. Returns the metrics.
+
+    An :class:`Interrupted` (or other non-``Exception``) is recorded, then re-raised.
+    """
+    raise_if_interrupted()  # a signal whose exception got lost: start no further job
     start = time.time()
-    overrides, multirun = _hydra_info()
-    try:
-        run_dir = Path(str(cfg.get("output_dir") or os.getcwd())).resolve()
-    except Exception:  # noqa: BLE001 - ${hydra:...} does not resolve outside a Hydra app
-        run_dir = Path(os.getcwd()).resolve()
-    result: dict[str, Any] = {
-        "status": "failed", "error": None, "attention": None, "data": None,
-        "max_length": None, "seed": None, "parameters": None, "val_acc": None, "val_f1": None,
-        "test_acc": None, "test_f1": None, "train_tokens_per_s": None, "peak_memory_mb": None,
-        "wall_time_s": None, "epochs": None, "steps": None, "run_dir": str(run_dir),
-        "overrides": overrides,
+    run_dir = run_directory(cfg)
+    overrides, _ = _hydra_info()
+    position = job_position()
+    metrics: dict[str, Any] = {
+        "status": "running", "run_dir": str(run_dir), "overrides": overrides, "kind": "model",
+        "job": None if position is None else {"num": position.num, "total": position.total},
     }
     error: BaseException | None = None
     try:
-        result["attention"] = cfg.attention.name
-        result["data"] = cfg.data.name
-        result["max_length"] = int(cfg.data.max_length)
-        result["seed"] = int(cfg.seed)
+        metrics.update(attention=cfg.attention.name, data=cfg.data.name,
+                       max_length=int(cfg.data.max_length), seed=int(cfg.seed))
         if _global_rank() == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            print(f"{position or '[arena]'} {metrics['attention']} L{metrics['max_length']} "
+                  f"seed {metrics['seed']} ({metrics['data']}): started in {run_dir}", flush=True)
+            write_metrics(run_dir, metrics)
             (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        train(cfg, result)
-    except Exception as err:  # noqa: BLE001 - a job reports its own failure (see module doc)
-        error = err
-        result["status"] = "failed"
-        result["error"] = _one_line(err)
-    trainer = result.pop("_trainer", None)
-    result.pop("evaluated_checkpoint", None)
-    result["wall_time_s"] = round(time.time() - start, 3)
-    rank = trainer.global_rank if trainer is not None else _global_rank()
+        with open_dict(cfg):
+            cfg.output_dir = str(run_dir)
+        metrics.update(train(cfg), status="ok")
+    except BaseException as err:  # noqa: BLE001 - a job reports its own failure (module doc)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+        # Lightning raises SIGTERMException on SIGTERM if our handler's exception got lost
+        error = Interrupted(signal.SIGTERM) if isinstance(err, SIGTERMException) else err
+        metrics.update(status="failed", error=_one_line(error))
+    metrics["wall_time_s"] = round(time.time() - start, 3)
+    metrics = {key: metrics.get(key) for key in (*METRIC_KEYS, *RUN_KEYS)}
+    rank = _global_rank()  # known for sure only now (DDP sets it while fitting)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = {key: result.get(key) for key in METRIC_KEYS}
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(run_dir, metrics)
         if error is not None:
             (run_dir / "error.log").write_text("".join(
                 traceback.format_exception(type(error), error, error.__traceback__)))
@@ -265,19 +349,55 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.distributed.destroy_process_group()
 
     if error is not None:
-        line = f"[arena] ERROR ({result['attention']}, {result['data']}, " \
-               f"run dir {run_dir}): {result['error']}"
-        print(line, file=sys.stderr, flush=True)
-        _FAILURES.append(line)
+        print(failure_line(metrics), file=sys.stderr, flush=True)
+        if not isinstance(error, Exception):  # interrupted: stop the sweep too
+            if position is not None and rank == 0:
+                print(f"[arena] sweep interrupted; run its unfinished jobs with: "
+                      f"arena-compare-run --resume {position.sweep_dir}", file=sys.stderr,
+                      flush=True)
+            raise error
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("ARENA_RAISE") == "1":
             raise error
     elif rank == 0:
-        print(f"\n[arena] finished {cfg.run_name} in {result['wall_time_s']:.1f} s "
-              f"({run_dir})\n" + format_table({k: result[k] for k in (
-                  "attention", "data", "max_length", "parameters", "epochs", "steps", "val_acc",
-                  "val_f1", "test_acc", "test_f1", "train_tokens_per_s", "peak_memory_mb")}),
-              flush=True)
-    return result
+        shown = ("attention", "data", "max_length", "parameters", "epochs", "steps", "val_acc",
+                 "val_f1", "test_acc", "test_f1", "train_tokens_per_s", "peak_memory_mb")
+        print(f"\n{position or '[arena]'} finished {cfg.run_name} in "
+              f"{metrics['wall_time_s']:.1f} s ({run_dir})\n"
+              + format_table({k: metrics[k] for k in shown}), flush=True)
+    return metrics
+
+
+class ExitStatus(Callback):
+    """Hydra callback: at the end of a run or a sweep, exit with status 1 if any of its jobs did
+    not finish ``ok``. It reads the jobs' ``metrics.json``, so it also covers launchers that run
+    the jobs in other processes (submitit)."""
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._exit_if_failed([Path(str(config.hydra.runtime.output_dir))], several=False)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            dirs = [job.run_dir for job in sweep_jobs(sweep_dir)]
+        except ValueError:  # a sweeper without a grid (optuna): every job directory
+            dirs = [p.parent for p in sweep_dir.glob("*/metrics.json")]
+        self._exit_if_failed(dirs, several=True)
+
+    @staticmethod
+    def _exit_if_failed(dirs: list[Path | None], several: bool) -> None:
+        if _global_rank() != 0:
+            return
+        failed = []
+        for run_dir in dirs:
+            metrics = (read_metrics(run_dir) if run_dir else None) or {}
+            if metrics.get("status") != "ok":
+                failed.append(failure_line(metrics) if metrics.get("error") else
+                              f"[arena] NOT FINISHED: {run_dir or 'a job that never started'}")
+        if failed:
+            if several:
+                print(f"[arena] {len(failed)} of {len(dirs)} job(s) failed:\n" +
+                      "\n".join(failed), file=sys.stderr, flush=True)
+            raise SystemExit(1)
 
 
 def _finish_wandb() -> None:
@@ -307,19 +427,23 @@ def _quiet_lightning_logs() -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     _quiet_lightning_logs()
-    result = run(cfg)
-    return result.get("val_acc")  # the objective for sweepers (e.g. optuna)
+    return run_job(cfg).get("val_acc")  # the objective for sweepers (e.g. optuna)
 
 
 def main() -> None:
-    """Console entry point: run the Hydra app, then exit 1 if any job of this process failed."""
-    _FAILURES.clear()
-    hydra_main()
-    if _FAILURES:
-        if len(_FAILURES) > 1:
-            print(f"[arena] {len(_FAILURES)} job(s) failed:\n" + "\n".join(_FAILURES),
-                  file=sys.stderr)
-        sys.exit(1)
+    """Console entry point (``arena-train``): the Hydra app. Exit status 1 if a job failed
+    (:class:`ExitStatus`), 128 + N if signal N (SIGINT, SIGTERM) interrupted it."""
+    handler = InterruptHandler()
+    with handler.installed():
+        try:
+            hydra_main()
+        except (Interrupted, SystemExit):  # SystemExit: ExitStatus, or Lightning on SIGTERM
+            if handler.signum is None:
+                raise
+    if handler.signum is not None:
+        print(f"[arena] stopped by {signal.Signals(handler.signum).name}", file=sys.stderr,
+              flush=True)
+        sys.exit(128 + handler.signum)
 
 
 if __name__ == "__main__":

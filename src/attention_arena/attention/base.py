@@ -127,6 +127,12 @@ class SelfAttention(nn.Module):
         Backends override it; None = not counted (``arena-bench`` shows '-')."""
         return None
 
+    @classmethod
+    def fit_to_length(cls, options: dict, max_len: int) -> tuple[dict, list[str]]:
+        """``options`` (this backend's keyword arguments) adapted to sequences of at most
+        ``max_len`` tokens, and one note per change. Default: unchanged."""
+        return dict(options), []
+
 
 def _divisor_near(n: int, target: int) -> int:
     return min((h for h in range(1, n + 1) if n % h == 0), key=lambda h: abs(h - target))

@@ -50,30 +50,63 @@ def sliding_window_attention(
     Args:
         window: total width; each token sees |i - j| <= window // 2 (must be even and > 0).
         key_padding_mask: bool (B, N), True = padding; padded keys get zero weight.
-        global_mask: bool (B, N), True = global token (attends to all, attended by all).
+        global_mask: bool (B, N), True = global token (attends to all, attended by all); a
+            global token at a padded position is padding.
         block: queries per block (default: max(window // 2, 64)); only affects speed.
+
+    Outputs at padded positions are unspecified (finite); the caller discards them.
     """
     if window <= 0 or window % 2:
         raise ValueError(f"window must be a positive even number (total width, window/2 a side), "
                          f"got {window}; use e.g. window={max(2, window + window % 2)}")
     B, H, N, d = q.shape
     half = window // 2
-    keep = None if key_padding_mask is None else ~key_padding_mask  # (B, N): True = real token
     if half >= N - 1:  # the window covers everything: exact full attention
         return full_attention(q, k, v, key_padding_mask, dropout_p=dropout_p)
 
+    keep = (torch.ones(B, N, dtype=torch.bool, device=q.device) if key_padding_mask is None
+            else ~key_padding_mask)  # (B, N): True = real token
+    if global_mask is not None:
+        global_mask = global_mask & keep  # only real tokens are global
     block = block or max(half, 64)
+    S = (2 * math.ceil(half / block) + 1) * block  # keys seen by one block of queries
+    if N <= S:  # short input: one dense masked call does less work than the blocks would
+        return _dense_band_attention(q, k, v, half, keep, global_mask, dropout_p)
+    return _blocked_band_attention(q, k, v, half, keep, global_mask, dropout_p, block)
+
+
+def _dense_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Tensor,
+                          global_mask: Tensor | None, dropout_p: float) -> Tensor:
+    """The band with an explicit (B, 1, N, N) mask: O(N²), for inputs shorter than 3 blocks.
+
+    ``keep`` (B, N): True = real token; ``global_mask`` (B, N): global real tokens, or None.
+    """
+    B, _, N, _ = q.shape
+    i = torch.arange(N, device=q.device)
+    allowed = ((i[:, None] - i[None, :]).abs() <= half).expand(B, N, N)
+    if global_mask is not None:
+        allowed = allowed | global_mask[:, None, :] | global_mask[:, :, None]
+    allowed = allowed & keep[:, None, :]  # padded keys get no weight
+    allowed = allowed | (torch.eye(N, dtype=torch.bool, device=q.device)
+                         & ~allowed.any(-1, keepdim=True))  # rows without keys stay finite
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                          dropout_p=dropout_p)
+
+
+def _blocked_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Tensor,
+                            global_mask: Tensor | None, dropout_p: float, block: int) -> Tensor:
+    """The band in blocks of ``block`` queries against their 2r + 1 neighbouring key blocks.
+
+    O(N · window) time and memory; global keys are concatenated to every window and global
+    queries attend to all real keys. Arguments as for :func:`_dense_band_attention`.
+    """
+    B, H, N, d = q.shape
     r = math.ceil(half / block)  # neighbour blocks a side
     nb = math.ceil(N / block)
     S = (2 * r + 1) * block  # keys seen by one block of queries
-    if N <= S:  # short input: one dense masked call does less work than the blocks would
-        return _dense_band_attention(q, k, v, half, keep, global_mask, dropout_p)
 
-    # Which keys the local part may use: real and not global (globals are added separately).
-    key_ok = torch.ones(B, N, dtype=torch.bool, device=q.device) if keep is None else keep
-    if global_mask is not None:
-        global_mask = global_mask & key_ok
-        key_ok = key_ok & ~global_mask
+    # Which keys the band may use: real and not global (globals are added separately).
+    key_ok = keep if global_mask is None else keep & ~global_mask
     key_ok = _mask_windows(key_ok, block, r, nb)  # (B, nb, S)
 
     # Query s of block i sits at i·block + s, key t of its window at (i - r)·block + t, so
@@ -109,31 +142,12 @@ def sliding_window_attention(
 
     if glob_idx is not None:  # global queries attend to every real key
         G = glob_idx.shape[1]
-        gather = glob_idx[:, None, :, None].expand(B, H, G, d)
-        q_glob = q.gather(2, gather)
-        out_glob = full_attention(q_glob, k[:, :, :N], v[:, :, :N], key_padding_mask,
-                                  dropout_p=dropout_p)
+        q_glob = q.gather(2, glob_idx[:, None, :, None].expand(B, H, G, d))
+        out_glob = full_attention(q_glob, k, v, ~keep, dropout_p=dropout_p)
         # filler slots write into an extra, discarded position
         target = torch.where(glob_ok, glob_idx, nb * block)[:, None, :, None].expand(B, H, G, d)
         out = F.pad(out, (0, 0, 0, 1)).scatter(2, target, out_glob)
     return out[:, :, :N]
-
-
-def _dense_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Tensor | None,
-                          global_mask: Tensor | None, dropout_p: float) -> Tensor:
-    """The same attention with an explicit (B, 1, N, N) mask, for inputs shorter than 3 blocks."""
-    B, _, N, _ = q.shape
-    i = torch.arange(N, device=q.device)
-    allowed = ((i[:, None] - i[None, :]).abs() <= half).expand(B, N, N)
-    if global_mask is not None:
-        glob = global_mask if keep is None else global_mask & keep
-        allowed = allowed | glob[:, None, :] | glob[:, :, None]
-    if keep is not None:
-        allowed = allowed & keep[:, None, :]
-    allowed = allowed | (torch.eye(N, dtype=torch.bool, device=q.device)
-                         & ~allowed.any(-1, keepdim=True))  # rows without keys stay finite
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
-                                          dropout_p=dropout_p)
 
 
 @register_attention("longformer")

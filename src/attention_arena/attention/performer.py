@@ -4,10 +4,12 @@ softmax(q·k / √d) ≈ φ(q)·φ(k) with φ(x) = exp(W x′ − ‖x′‖² /
 the rows of W (m × d) are orthogonal Gaussian blocks rescaled to chi-distributed norms. Attention
 is then φ(Q) (φ(K)ᵀ V) / φ(Q) Σⱼ φ(kⱼ): O(N · m · d) time, no N × N matrix.
 
-Stabilisation: c is the row max of the exponent for queries (cancels in the ratio) and the max
-over all real keys for keys (one constant per batch and head, also cancels); both detached. The
-features are computed in fp32 even under autocast. Padded keys contribute to neither the
-numerator nor the denominator.
+Stabilisation: c is the max of the exponent, per row for queries and over all real keys and
+features for keys (one constant per batch and head), so the largest feature is 1. As in
+google-research's reference (whose max leaves out the −‖x′‖²/2 term), ε is added after the max
+is subtracted, so c cancels in the ratio only when ε = 0: it is part of the function, and the
+backward differentiates through it (the subgradient of the max). The features are computed in
+fp32 even under autocast. Padded keys contribute to neither the numerator nor the denominator.
 """
 
 from __future__ import annotations
@@ -38,30 +40,49 @@ def orthogonal_random_features(
 
 
 class _PositiveFeatures(torch.autograd.Function):
-    """exp(W x − ‖x‖²/2 − c) for x (B, H, N, d) fp32 -> (B, H, N, m); 0 where ``keep`` is False.
+    """exp(z − c), z = W x − ‖x‖²/2, for x (B, H, N, d) -> (B, H, N, m); 0 where ``keep`` is False.
 
-    A hand-written backward keeps the full-size (N × m) work to one product: with
-    e = features and g = grad, dL/dx = (g ⊙ e) W − x · Σₘ (g ⊙ e); c is a constant (detached).
+    c = max z over a row (``per_row``) or over all real rows and features (one per batch and
+    head). A hand-written backward keeps the full-size (N × m) work to one product. With
+    e = exp(z − c), g = grad and the max's subgradient ∂c/∂z = one-hot at the argmax a:
+    dL/dz = g ⊙ e − [a] Σ(g ⊙ e) (the sum over c's domain), dL/dx = (dL/dz) W − x Σₘ dL/dz.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, keep: Tensor | None, per_row: bool) -> Tensor:
+        B, H, N, _ = x.shape
         half_sq = 0.5 * (x * x).sum(-1, keepdim=True)  # (B, H, N, 1)
         if keep is not None:  # padded keys: exponent -inf, feature 0
             half_sq = half_sq.masked_fill(~keep[:, None, :, None], float("inf"))
-        e = (x.flatten(0, -2) @ w.T).view(*x.shape[:-1], -1)  # (B, H, N, m), one GEMM
-        row_max = e.amax(-1, keepdim=True) - half_sq  # max of each row's exponent
-        c = row_max if per_row else row_max.amax(-2, keepdim=True)
-        e.sub_(half_sq + c.clamp_min(-1e4)).exp_()  # clamp: finite for all-padding rows
-        ctx.save_for_backward(x, w, e)
+        e = (x.flatten(0, -2) @ w.T).view(B, H, N, -1)  # (B, H, N, m), one GEMM
+        m = e.shape[-1]
+        # c and the flat index (row · m + feature) of the exponent's max, for the backward
+        if per_row:
+            row_max, col = e.max(-1, keepdim=True)  # (B, H, N, 1) each
+            c = row_max - half_sq
+            top = torch.arange(N, device=x.device)[:, None] * m + col
+        else:  # one argmax per (batch, head): find its row first (an indexed max is slow)
+            c, row = (e.amax(-1, keepdim=True) - half_sq).max(-2, keepdim=True)  # (B, H, 1, 1)
+            top = row * m + e.gather(-2, row.expand(B, H, 1, m)).argmax(-1, keepdim=True)
+        if keep is not None:  # rows of padding only: c = -inf; any finite c keeps them at 0
+            c = c.masked_fill(c.isneginf(), 0.0)
+        e.sub_(half_sq + c).exp_()
+        ctx.per_row = per_row
+        ctx.save_for_backward(x, w, e, top.flatten(-2))  # top: (B, H, N) or (B, H, 1)
         return e
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, w, e = ctx.saved_tensors
-        ge = grad * e
-        grad_x = (ge.flatten(0, -2) @ w).view_as(x)
-        return grad_x.sub_(x * ge.sum(-1, keepdim=True)), None, None, None
+        x, w, e, top = ctx.saved_tensors
+        dz = (grad * e).contiguous()  # dL/dz with c held fixed, (B, H, N, m)
+        flat = dz.view(*dz.shape[:2], -1)  # (B, H, N·m), the same memory
+        # c moves with the z at its argmax: that entry loses the sum of g ⊙ e over c's domain
+        domain_sum = dz.sum(-1) if ctx.per_row else flat.sum(-1, keepdim=True)
+        flat.scatter_add_(-1, top, -domain_sum)
+        grad_x = (dz.flatten(0, -2) @ w).view_as(x)
+        if not ctx.per_row:  # per-row c leaves every row of dL/dz summing to zero
+            grad_x.sub_(x * dz.sum(-1, keepdim=True))
+        return grad_x, None, None, None
 
 
 def _positive_features(x: Tensor, w: Tensor, keep: Tensor | None, per_row: bool) -> Tensor:
@@ -109,9 +130,11 @@ class PerformerAttention(SelfAttention):
         num_features: random features m (more = closer to softmax, slower).
         redraw_interval: draw new features every this many training forward passes (0 = never).
             Evaluation always uses the current features.
-        seed: seed of the feature draws (each draw is a function of ``seed`` and the draw count);
-            None takes one from torch's global RNG, so ``torch.manual_seed`` fixes it and
-            stacked layers get different features.
+        seed: seed of the feature draws. Draw i is :func:`orthogonal_random_features` with a
+            ``torch.Generator().manual_seed(seed * 1_000_003 + i)``; draw 0 at construction,
+            and training call t (1, 2, ...) uses draw (t - 1) // redraw_interval. None takes a
+            seed from torch's global RNG, so ``torch.manual_seed`` fixes it and stacked layers
+            get different features.
         eps: the ε added to every feature.
 
     Every token attends to every other, so ``global_mask`` is accepted and ignored. There is no

@@ -7,10 +7,14 @@ The package is located with :func:`importlib.util.find_spec` and never imported:
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .cache import content_fingerprint
 from .errors import DataError
-from .processing import RawData, decode_texts, deduplicate
+from .processing import RawData, decode_texts
+from .sources import Source, register_source
 
 
 def bbc_news_dir() -> Path:
@@ -35,24 +39,28 @@ def bbc_news_files() -> list[Path]:
     return files
 
 
-def bbc_news_fingerprint() -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every article: changes when the files change."""
-    root = bbc_news_dir()
-    return [
-        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in bbc_news_files()
-    ]
-
-
-def load_bbc_news(deduplicate_texts: bool = True) -> RawData:
+def load_bbc_news() -> RawData:
     """All articles as one ``train`` split; labels index the sorted topic names.
 
     Bytes are decoded as UTF-8 with replacement (with a warning counting the documents affected).
-    Exact duplicates (98 of 2,225 after stripping) are dropped unless ``deduplicate_texts=False``.
+    The corpus holds copies (equal up to case and whitespace); the pipeline drops them.
     """
     files = bbc_news_files()
     topics = sorted({p.parent.name for p in files})
     index = {t: i for i, t in enumerate(topics)}
     texts = decode_texts([p.read_bytes() for p in files], "BBC News")
-    raw = RawData({"train": (texts, [index[p.parent.name] for p in files])}, topics)
-    return deduplicate(raw, "BBC News", warn=False) if deduplicate_texts else raw
+    return RawData({"train": (texts, [index[p.parent.name] for p in files])}, topics)
+
+
+@register_source("bbc_news")
+@dataclass(frozen=True)
+class BBCNews(Source):
+    """BBC News: no options (the corpus is fixed; split it with data.val/test_fraction)."""
+
+    warn_duplicates = False
+
+    def load(self, seed: int, limit: int | None, cache_dir: Path) -> RawData:
+        return load_bbc_news()
+
+    def fingerprint(self, seed: int) -> Any:
+        return content_fingerprint(bbc_news_dir())

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,17 +21,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError, DataWarning
-from .processing import stratified_subsample
-from .sources import ProcessedData, SourceOptions, TokenizedSplit, get_source, load_processed
-from .tokenizer import PAD_ID, TOKENIZERS
+from .pipeline import ProcessedData, SplitSpec, TokenizedSplit, load_processed
+from .sources import make_source
+from .tokenizer import PAD_ID, Tokenizer, TokenizerSpec, save_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def _shrink(sizes: list[int], limit: int) -> list[int]:
-    """Scale split sizes to about ``limit`` in total, keeping every non-empty split non-empty."""
-    total = sum(sizes)
-    return [max(1, round(limit * n / total)) if n else 0 for n in sizes]
 
 
 class TokenizedDataset(Dataset):
@@ -41,8 +38,7 @@ class TokenizedDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        s = self.split
-        return s.ids[s.offsets[i] : s.offsets[i + 1]], int(s.labels[i])
+        return self.split.example(i), int(self.split.labels[i])
 
 
 class PadCollate:
@@ -79,14 +75,16 @@ class TextClassificationDataModule(L.LightningDataModule):
         pad_to_multiple_of: batch length is rounded up to a multiple of this.
         limit_examples: keep about this many examples in total (each split shrunk in proportion,
             classes stratified), for smoke tests; ListOps then generates only that many.
-        path, val_path, test_path, text_column, label_column: ``files`` inputs.
-        num_classes: declared number of classes (``files``/hub): labels must lie in 0..K-1.
-        hub_id: override the hub id (or local path) of a hub data set.
-        listops_*: ListOps generation (LRA used lengths 500-2000 and 96k/2k/2k examples).
+        tokenizer: ``"bytes"``, ``"bpe"``, ``"listops"`` or a mapping such as
+            ``{"name": "bpe", "vocab_size": 8000}`` (the ``tokenizer`` config group); ``None``:
+            the data set's default (bpe for text, listops for ListOps).
         cache_dir: processed-data cache; default ``$ATTENTION_ARENA_CACHE`` or
             ``~/.cache/attention_arena``.
+        **options: the data set's own options (e.g. ``path``, ``text_column`` for ``files``;
+            ``hub_id``, ``revision`` for hub sets; ``listops_*`` for ListOps); an unknown one is an
+            error that lists the valid ones.
 
-    ``num_classes``, ``vocab_size``, ``pad_id`` and ``class_names`` are available right after
+    ``num_classes``, ``vocab_size``, ``tokenizer`` and ``class_names`` are available right after
     construction (reading them loads the data once; ``setup`` is idempotent).
     """
 
@@ -101,25 +99,21 @@ class TextClassificationDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         pad_to_multiple_of: int = 1,
         limit_examples: int | None = None,
-        path: str | None = None,
-        val_path: str | None = None,
-        test_path: str | None = None,
-        text_column: str = "text",
-        label_column: str = "label",
-        num_classes: int | None = None,
-        hub_id: str | None = None,
-        listops_min_length: int = 100,
-        listops_max_length: int = 500,
-        listops_num_train: int = 5_000,
-        listops_num_val: int = 500,
-        listops_num_test: int = 500,
-        listops_seed: int | None = None,
+        tokenizer: str | Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         self.name = name
-        get_source(name)  # fail early on an unknown name (the source itself is looked up
-        # when needed: it holds lambdas, and the module must pickle for ddp_spawn)
+        self.source = make_source(name, options)
+        self.tokenizer_spec = TokenizerSpec.parse(tokenizer, default=self.source.tokenizers[0])
+        if self.tokenizer_spec.name not in self.source.tokenizers:
+            supported = "/".join(self.source.tokenizers)
+            raise DataError(
+                f"data={name} does not support tokenizer={self.tokenizer_spec.name} (it supports "
+                f"tokenizer={supported}); fix: tokenizer={self.source.tokenizers[0]}, or leave "
+                f"tokenizer unset: data={name} picks it."
+            )
         for key, value, low in (
             ("max_length", max_length, 1),
             ("batch_size", batch_size, 1),
@@ -141,8 +135,6 @@ class TextClassificationDataModule(L.LightningDataModule):
             )
         if limit_examples is not None and limit_examples < 3:
             raise DataError(f"data.limit_examples must be >= 3 or null, got {limit_examples}.")
-        if num_classes is not None and num_classes < 2:
-            raise DataError(f"data.num_classes must be >= 2 or null, got {num_classes}.")
         if max_length % pad_to_multiple_of:
             warnings.warn(
                 f"data.max_length={max_length} is not a multiple of data.pad_to_multiple_of="
@@ -154,34 +146,10 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        self.split_spec = SplitSpec(seed, val_fraction, test_fraction, limit_examples)
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.limit_examples = limit_examples
-        counts = [listops_num_train, listops_num_val, listops_num_test]
-        self._limit_in_source = name == "listops" and limit_examples is not None
-        if self._limit_in_source and limit_examples < sum(counts):
-            # Generate only what is kept instead of subsampling a large generated set.
-            counts = _shrink(counts, limit_examples)
-        self.options = SourceOptions(
-            path=None if path is None else str(path),
-            val_path=None if val_path is None else str(val_path),
-            test_path=None if test_path is None else str(test_path),
-            text_column=text_column,
-            label_column=label_column,
-            num_classes=num_classes,
-            hub_id=hub_id,
-            listops_min_length=listops_min_length,
-            listops_max_length=listops_max_length,
-            listops_num_train=counts[0],
-            listops_num_val=counts[1],
-            listops_num_test=counts[2],
-            listops_seed=listops_seed,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-        )
-        self.tokenizer = TOKENIZERS[get_source(self.name).tokenizer]()
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.pad_id = PAD_ID
-        self.vocab_size = self.tokenizer.vocab_size
         self.data: ProcessedData | None = None
         self._prepared: ProcessedData | None = None
         self.datasets: dict[str, TokenizedDataset] = {}
@@ -189,12 +157,7 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def _load(self) -> ProcessedData:
         return load_processed(
-            self.name,
-            self.options,
-            self.max_length,
-            self.seed,
-            self.val_fraction,
-            self.test_fraction,
+            self.source, self.tokenizer_spec, self.max_length, self.split_spec, self.cache_dir
         )
 
     def prepare_data(self) -> None:
@@ -206,26 +169,42 @@ class TextClassificationDataModule(L.LightningDataModule):
         """Load the processed splits (once; later calls return at once)."""
         if self.data is not None:
             return
-        data, self._prepared = self._prepared or self._load(), None
-        splits = dict(data.splits)
-        total = sum(len(s) for s in splits.values())
-        limit = self.limit_examples
-        if limit is not None and limit < total and not self._limit_in_source:
-            sizes = _shrink([len(s) for s in splits.values()], limit)
-            for (name, split), k in zip(list(splits.items()), sizes, strict=True):
-                splits[name] = split.subset(
-                    stratified_subsample(split.labels.tolist(), k, self.seed)
-                )
-        self.data = data
-        self.splits = splits
-        self.datasets = {name: TokenizedDataset(split) for name, split in splits.items()}
+        self.data, self._prepared = self._prepared or self._load(), None
+        self.splits = dict(self.data.splits)
+        self.datasets = {name: TokenizedDataset(split) for name, split in self.splits.items()}
         log.info(
-            "data=%s: %s examples (train/val/test), %d classes, vocab %d",
+            "data=%s: %s examples (train/val/test), %d classes, tokenizer %s (vocabulary %d)",
             self.name,
-            "/".join(str(len(s)) for s in splits.values()),
+            "/".join(str(len(s)) for s in self.splits.values()),
             self.num_classes,
+            self.tokenizer.name,
             self.vocab_size,
         )
+        for split, st in self.data_stats().items():
+            log.info(
+                "data=%s %s: %.1f tokens/document (p90 %.0f), %.1f%% truncated at max_length=%d",
+                self.name,
+                split,
+                st["tokens_mean"],
+                st["tokens_p90"],
+                100 * st["truncated_share"],
+                self.max_length,
+            )
+
+    def _data(self) -> ProcessedData:
+        self.setup()
+        assert self.data is not None
+        return self.data
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer (trained on the training split for bpe; loads the data on first use)."""
+        return self._data().tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size of the tokenizer, PAD and CLS included."""
+        return self.tokenizer.vocab_size
 
     @property
     def num_classes(self) -> int:
@@ -235,15 +214,35 @@ class TextClassificationDataModule(L.LightningDataModule):
     @property
     def class_names(self) -> list[str]:
         """Class names in label order (loads the data on first use)."""
-        self.setup()
-        assert self.data is not None
-        return list(self.data.class_names)
+        return list(self._data().class_names)
+
+    @property
+    def notes(self) -> list[str]:
+        """What processing changed, in words (duplicates merged, inputs identical to train)."""
+        return list(self._data().notes)
 
     @property
     def split_sizes(self) -> dict[str, int]:
         """Examples per split after ``limit_examples``."""
-        self.setup()
-        return {name: len(ds) for name, ds in self.datasets.items()}
+        return {name: len(split) for name, split in self._data().splits.items()}
+
+    def example_ids(self, split: str) -> list[str]:
+        """A stable id per example of ``split`` in loader order: SHA-1 of its text, 16 hex chars."""
+        return [f"{h:016x}" for h in self._data().splits[split].hashes.tolist()]
+
+    def split_texts(self, split: str) -> tuple[list[str], list[int]]:
+        """Full (untruncated) texts and labels of ``split``, the same examples in loader order."""
+        data = self._data()
+        return list(data.texts[split]), data.splits[split].labels.tolist()
+
+    def data_stats(self) -> dict[str, dict[str, float]]:
+        """Per split: ``tokens_mean``, ``tokens_p90`` (per document before truncation, CLS
+        included), ``truncated_share`` (longer than ``max_length``) and ``n`` (documents)."""
+        return self._data().stats()
+
+    def save_tokenizer(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the tokenizer to ``directory/tokenizer.json`` (read it with ``load_tokenizer``)."""
+        return save_tokenizer(self.tokenizer, Path(directory))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
@@ -269,12 +268,13 @@ class TextClassificationDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def describe(self) -> dict[str, Any]:
-        """A small summary for logging: name, sizes, classes, vocabulary."""
+        """A small summary for logging: name, sizes, classes, tokenizer, vocabulary."""
         return {
             "name": self.name,
             "split_sizes": self.split_sizes,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
+            "tokenizer": self.tokenizer.name,
             "vocab_size": self.vocab_size,
             "max_length": self.max_length,
         }

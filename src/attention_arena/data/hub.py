@@ -1,15 +1,22 @@
-"""Data sets loaded with Hugging Face ``datasets``: hub sets and the user's own files."""
+"""Data sets from the Hugging Face hub (``imdb``, ``hyperpartisan``, ``arxiv``) or a local copy.
+
+The cache key holds the hub commit the data resolves to (``data.revision`` when it is a commit
+hash, else asked from the hub, else the ref in the local Hugging Face cache) or, for a local copy
+(``data.hub_id=<path>``), a hash of its files' content.
+"""
 
 from __future__ import annotations
 
 import os
-import warnings
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from .errors import DataError, DataWarning
-from .processing import RawData, check_texts, deduplicate, encode_labels, warn_bad_utf8
+from .cache import content_fingerprint
+from .errors import DataError
+from .processing import RawData, check_texts, encode_labels
+from .sources import Source, check_num_classes, register_source
 
 
 @dataclass(frozen=True)
@@ -24,27 +31,6 @@ class HubSpec:
     note: str = ""
 
 
-HUB_DATASETS: dict[str, HubSpec] = {
-    # LRA Text: byte-level IMDB (25k train / 25k test; the 'unsupervised' split has no labels).
-    "imdb": HubSpec("stanfordnlp/imdb", None, "text", "label", {"train": "train", "test": "test"}),
-    # SemEval-2019 Task 4, 'byarticle' part: 645 crowd-labelled articles, one split.
-    "hyperpartisan": HubSpec(
-        "SemEvalWorkshop/hyperpartisan_news_detection",
-        "byarticle",
-        "text",
-        "hyperpartisan",
-        {"train": "train"},
-        note="its text is HTML-like markup",
-    ),
-    # Long arXiv papers, 11 subject classes, with train/validation/test splits.
-    "arxiv": HubSpec(
-        "ccdv/arxiv-classification",
-        None,
-        "text",
-        "label",
-        {"train": "train", "val": "validation", "test": "test"},
-    ),
-}
 
 _OFFLINE_ERRORS = {
     "OfflineModeIsEnabled",
@@ -72,11 +58,39 @@ def _is_offline_error(exc: BaseException) -> bool:
     return False
 
 
-def _load_hub_dataset(name: str, hub_id: str, config: str | None) -> Any:
+def hub_revision(hub_id: str, revision: str | None) -> str | None:
+    """The commit hash ``revision`` (default branch if None) of a hub data set resolves to.
+
+    A 40-hex ``revision`` is returned as is; otherwise the hub is asked (unless offline), then the
+    local Hugging Face cache's ref; ``None`` when neither knows.
+    """
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    from huggingface_hub import HfApi, constants
+
+    ref = revision or "main"
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in (
+        "1", "ON", "YES", "TRUE"
+    )
+    if not offline:
+        try:
+            return HfApi().dataset_info(hub_id, revision=ref, timeout=5).sha
+        except Exception:  # noqa: BLE001 - unreachable or unknown: fall back to the local cache
+            pass
+    cached = Path(constants.HF_HUB_CACHE) / f"datasets--{hub_id.replace('/', '--')}" / "refs" / ref
+    return cached.read_text().strip() if cached.is_file() else None
+
+
+def _load_hub_dataset(
+    name: str, hub_id: str, config: str | None, revision: str | None, local_cache: Path | None
+) -> Any:
     import datasets
 
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    if local_cache is not None:  # a local copy: our key is its content, so never reuse HF's build
+        kwargs = {"cache_dir": str(local_cache), "download_mode": "force_redownload"}
     try:
-        return datasets.load_dataset(hub_id, config)
+        return datasets.load_dataset(hub_id, config, **kwargs)
     except Exception as exc:
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         if _is_offline_error(exc):
@@ -93,15 +107,20 @@ def _load_hub_dataset(name: str, hub_id: str, config: str | None) -> Any:
         ) from exc
 
 
-def load_hub(name: str, hub_id: str | None = None, num_classes: int | None = None) -> RawData:
-    """Load hub data set ``name`` (a key of :data:`HUB_DATASETS`), optionally from ``hub_id``.
+def load_hub(
+    name: str,
+    spec: HubSpec,
+    hub_id: str,
+    revision: str | None = None,
+    num_classes: int | None = None,
+    local_cache: Path | None = None,
+) -> RawData:
+    """Load hub data set ``name`` described by ``spec`` from ``hub_id`` (a hub id or local copy).
 
-    Labels use the hub's class names when the column is a ``ClassLabel``. Texts that occur in
-    more than one split keep only the copy in the later split (test > val > train), with a warning.
+    ``local_cache`` (for local copies) is where ``datasets`` may build, always afresh. Labels use
+    the hub's class names when the column is a ``ClassLabel``.
     """
-    spec = HUB_DATASETS[name]
-    hub_id = hub_id or spec.hub_id
-    dsets = _load_hub_dataset(name, hub_id, spec.config)
+    dsets = _load_hub_dataset(name, hub_id, spec.config, revision, local_cache)
     texts: dict[str, list[str]] = {}
     labels: dict[str, tuple[list[Any], str]] = {}
     class_names: list[str] | None = None
@@ -126,146 +145,88 @@ def load_hub(name: str, hub_id: str | None = None, num_classes: int | None = Non
     encoded, names = encode_labels(
         labels, num_classes or (len(class_names or []) or None), spec.label_column
     )
-    raw = RawData({s: (texts[s], encoded[s]) for s in texts}, class_names or names)
-    return deduplicate(raw, f"data={name}")
+    return RawData({s: (texts[s], encoded[s]) for s in texts}, class_names or names)
 
 
-FILE_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".json": "json",
-    ".jsonl": "json",
-    ".ndjson": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
-
-
-def file_format(path: Path) -> str:
-    """The ``datasets`` builder for ``path``, from its extension."""
-    builder = FILE_FORMATS.get(path.suffix.lower())
-    if builder is None:
-        raise DataError(
-            f"{path}: unknown file type {path.suffix or '(none)'!r}; fix: use one of "
-            f"{', '.join(FILE_FORMATS)} (rename the file if its content is one of these)."
-        )
-    return builder
-
-
-def check_file(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a :class:`Path` after checking that it is an existing, non-empty file."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(
-            f"data file {p} does not exist; fix: check data.path / val_path / test_path."
-        )
-    if not p.is_file():
-        raise DataError(f"data file {p} is not a file; fix: point data.path at a file.")
-    if p.stat().st_size == 0:
-        raise DataError(f"data file {p} is empty (0 bytes); fix: write data to it or pick another.")
-    file_format(p)
-    return p
-
-
-def _utf8_copy(path: Path, cache_dir: Path) -> Path:
-    """``path`` if it is valid UTF-8, else a copy decoded with replacement under ``cache_dir``."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-        return path
-    except UnicodeDecodeError:
-        pass
-    fixed = data.decode("utf-8", errors="replace")
-    out = cache_dir / "utf8" / f"{os.getpid()}-{path.name}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(fixed, encoding="utf-8")
-    return out
-
-
-def read_table(
-    path: str | os.PathLike[str], text_column: str, label_column: str, cache_dir: Path
-) -> tuple[list[str], list[Any]]:
-    """Texts and raw labels of one CSV/TSV/JSON(L)/Parquet file, validated."""
-    import datasets
-
-    p = check_file(path)
-    builder = file_format(p)
-    source = _utf8_copy(p, cache_dir) if builder in ("csv", "json") else p
-    kwargs: dict[str, Any] = {"delimiter": "\t"} if p.suffix.lower() == ".tsv" else {}
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        # Our own cache is keyed by content; rebuild HF's so it can never serve a stale copy.
-        ds = datasets.load_dataset(
-            builder,
-            data_files=str(source),
-            split="train",
-            cache_dir=str(cache_dir / "hf_datasets"),
-            download_mode="force_redownload",
-            **kwargs,
-        )
-    except Exception as exc:
-        if "corresponds to no data" in str(exc):
-            raise DataError(f"{p} has a header but no rows; fix: add data rows.") from exc
-        cause = exc.__cause__ or exc
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise DataError(
-            f"{p} is not valid {builder.upper()} ({type(cause).__name__}: {detail}); fix: check "
-            f"the file's content, or give it the extension of its real format "
-            f"({', '.join(FILE_FORMATS)})."
-        ) from exc
-    finally:
-        if source != p:
-            source.unlink(missing_ok=True)
-        if was_enabled:
-            datasets.enable_progress_bars()
-    if len(ds) == 0:
-        raise DataError(f"{p} has no rows; fix: add data rows.")
-    missing = [c for c in (text_column, label_column) if c not in ds.column_names]
-    if missing:
-        raise DataError(
-            f"{p} has no column {' or '.join(map(repr, missing))}; columns present: "
-            f"{ds.column_names}; fix: set data.text_column / data.label_column."
-        )
-    texts = check_texts(ds[text_column], str(p), text_column)
-    if source != p:
-        bad = sum("\ufffd" in t for t in texts)
-        if bad:
-            warn_bad_utf8(bad, len(texts), str(p))
-        else:
-            warnings.warn(
-                f"{p}: bytes that are not valid UTF-8 (outside the text column) were decoded "
-                "with errors='replace'.",
-                DataWarning,
-                stacklevel=2,
-            )
-    return texts, ds[label_column]
-
-
-def load_files(
-    path: str | os.PathLike[str],
-    val_path: str | os.PathLike[str] | None = None,
-    test_path: str | os.PathLike[str] | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    num_classes: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> RawData:
-    """The user's own files: ``path`` is train (or everything), optional val/test files.
-
-    Labels are encoded with one vocabulary across the files; duplicate texts are dropped with a
-    warning (within and across files).
+@dataclass(frozen=True)
+class HubSource(Source):
+    """A hub data set. ``hub_id``: another hub id or a local copy (a directory or file) instead
+    of the default; ``revision``: a hub branch, tag or commit; ``num_classes``: declared classes.
     """
-    from .sources import cache_root
 
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
-    files = {"train": path, "val": val_path, "test": test_path}
-    texts: dict[str, list[str]] = {}
-    labels: dict[str, tuple[list[Any], str]] = {}
-    for split, file in files.items():
-        if file is not None:
-            texts[split], raw_labels = read_table(file, text_column, label_column, root)
-            labels[split] = (raw_labels, str(Path(file).expanduser()))
-    encoded, names = encode_labels(labels, num_classes, label_column)
-    raw = RawData({s: (texts[s], encoded[s]) for s in texts}, names)
-    return deduplicate(raw, f"data=files ({Path(path).name})")
+    hub_id: str | None = None
+    revision: str | None = None
+    num_classes: int | None = None
+
+    spec: ClassVar[HubSpec]
+
+    def __post_init__(self) -> None:
+        check_num_classes(self.num_classes)
+
+    def _id(self) -> str:
+        return str(self.hub_id or self.spec.hub_id)
+
+    def _local(self) -> Path | None:
+        path = Path(self._id()).expanduser()
+        return path if path.exists() else None
+
+    def load(self, seed: int, limit: int | None, cache_dir: Path) -> RawData:
+        local = self._local()
+        revision = None if local else (hub_revision(self._id(), self.revision) or self.revision)
+        return load_hub(
+            self.name,
+            self.spec,
+            self._id(),
+            revision,
+            self.num_classes,
+            local_cache=cache_dir / "hf_datasets" if local else None,
+        )
+
+    def fingerprint(self, seed: int) -> Any:
+        local = self._local()
+        where = (
+            {"local": content_fingerprint(local)}
+            if local
+            else {"hub_id": self._id(), "revision": hub_revision(self._id(), self.revision)}
+        )
+        return {**where, "config": self.spec.config, "num_classes": self.num_classes}
+
+
+@register_source("imdb")
+@dataclass(frozen=True)
+class IMDB(HubSource):
+    """LRA Text's data: IMDB reviews (25k train / 25k test; 'unsupervised' has no labels)."""
+
+    spec = HubSpec("stanfordnlp/imdb", None, "text", "label", {"train": "train", "test": "test"})
+
+
+@register_source("hyperpartisan")
+@dataclass(frozen=True)
+class Hyperpartisan(HubSource):
+    """SemEval-2019 Task 4, 'byarticle' part: 645 crowd-labelled articles, one split."""
+
+    spec = HubSpec(
+        "SemEvalWorkshop/hyperpartisan_news_detection",
+        "byarticle",
+        "text",
+        "hyperpartisan",
+        {"train": "train"},
+        note="its text is HTML-like markup",
+    )
+
+
+@register_source("arxiv")
+@dataclass(frozen=True)
+class Arxiv(HubSource):
+    """Long arXiv papers, 11 subject classes, with train/validation/test splits."""
+
+    spec = HubSpec(
+        "ccdv/arxiv-classification",
+        None,
+        "text",
+        "label",
+        {"train": "train", "val": "validation", "test": "test"},
+    )
+
+
+HUB_DATASETS: dict[str, HubSpec] = {c.name: c.spec for c in (IMDB, Hyperpartisan, Arxiv)}

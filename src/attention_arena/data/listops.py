@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import random
 import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from .errors import DataError
-from .processing import RawData
+from .processing import RawData, shrink_sizes
+from .sources import Source, register_source
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -155,3 +159,37 @@ def generate_listops(
         for name, (a, b) in cuts.items()
     }
     return RawData(splits, [str(v) for v in VALUES])
+
+
+@register_source("listops")
+@dataclass(frozen=True)
+class ListOps(Source):
+    """Generated ListOps; lengths count expression tokens (``data.max_length`` truncates ids).
+
+    ``listops_seed=None`` uses the run's seed. With ``data.limit_examples`` only that many
+    expressions are generated (the split sizes scaled down in proportion).
+    """
+
+    listops_min_length: int = 100
+    listops_max_length: int = 500
+    listops_num_train: int = 5_000
+    listops_num_val: int = 500
+    listops_num_test: int = 500
+    listops_seed: int | None = None
+
+    tokenizers = ("listops",)
+    generated = True
+
+    def _seed(self, seed: int) -> int:
+        return seed if self.listops_seed is None else self.listops_seed
+
+    def load(self, seed: int, limit: int | None, cache_dir: Path) -> RawData:
+        counts = [self.listops_num_train, self.listops_num_val, self.listops_num_test]
+        if limit is not None:
+            counts = shrink_sizes(counts, limit)
+        return generate_listops(
+            *counts, self.listops_min_length, self.listops_max_length, seed=self._seed(seed)
+        )
+
+    def fingerprint(self, seed: int) -> Any:
+        return {**self.options(), "listops_seed": self._seed(seed)}

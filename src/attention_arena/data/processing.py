@@ -197,14 +197,20 @@ def encode_labels(
     return out, [str(i) for i in range(k)]
 
 
-def deduplicate(raw: RawData, where: str, warn: bool = True) -> RawData:
-    """Drop repeated texts (compared after stripping): first copy wins, test > val > train.
+def dedup_key(text: str) -> bytes:
+    """Key under which texts count as copies: case folded, whitespace runs collapsed to a space."""
+    return text_hash(" ".join(text.casefold().split()))
 
-    Stored texts are stripped. Warns with the number of dropped copies when ``warn`` is set,
-    otherwise adds a note to ``raw.notes``.
+
+def deduplicate(raw: RawData, where: str, warn: bool = True) -> RawData:
+    """Drop repeated texts: first copy wins, in the order test > val > train.
+
+    Texts are compared after case folding and collapsing whitespace (:func:`dedup_key`), so
+    copies that differ only in case or spacing are merged too; stored texts are stripped. Warns
+    with the counts when ``warn`` is set, otherwise adds a note to ``raw.notes``.
     """
-    seen: dict[bytes, int] = {}
-    dropped = conflicts = 0
+    seen: dict[bytes, tuple[int, bytes]] = {}  # dedup key -> (label, hash of the kept text)
+    exact = near = conflicts = 0
     out: dict[str, tuple[list[str], list[int]]] = {}
     for split in ("test", "val", "train"):
         if split not in raw.splits:
@@ -213,20 +219,23 @@ def deduplicate(raw: RawData, where: str, warn: bool = True) -> RawData:
         keep_t, keep_l = [], []
         for text, label in zip(texts, labels, strict=True):
             text = text.strip()
-            key = text_hash(text)
+            key, exact_key = dedup_key(text), text_hash(text)
             if key in seen:
-                dropped += 1
-                conflicts += seen[key] != label
+                kept_label, kept_hash = seen[key]
+                exact += kept_hash == exact_key
+                near += kept_hash != exact_key
+                conflicts += kept_label != label
                 continue
-            seen[key] = label
+            seen[key] = (label, exact_key)
             keep_t.append(text)
             keep_l.append(label)
         out[split] = (keep_t, keep_l)
     result = RawData({s: out[s] for s in SPLITS if s in out}, raw.class_names, list(raw.notes))
-    if dropped:
+    if exact or near:
         msg = (
-            f"{where}: dropped {dropped} duplicate documents (exact text after stripping; one "
-            f"copy kept, test > val > train), {len(seen)} unique remain"
+            f"{where}: dropped {exact + near} duplicate documents ({exact} exact copies after "
+            f"stripping, {near} differing only in case or whitespace; one copy kept, test > val "
+            f"> train), {len(seen)} unique remain"
         )
         msg += f"; {conflicts} of the copies had a different label." if conflicts else "."
         if warn:
@@ -307,3 +316,72 @@ def finalize_splits(
             idx = parts[name]
             out[name] = ([train_t[i] for i in idx], [train_l[i] for i in idx])
     return out
+
+
+def shrink_sizes(sizes: Sequence[int], limit: int) -> list[int]:
+    """Split sizes scaled to ``limit`` in total (largest remainder; ties go to smaller splits).
+
+    Every non-empty split keeps at least one example; sizes already within ``limit`` are kept.
+    """
+    total = sum(sizes)
+    if total <= limit:
+        return list(sizes)
+    # integer arithmetic: the share of split i is limit * n_i / total exactly
+    out = [max(1, limit * n // total) if n else 0 for n in sizes]
+    while sum(out) > limit:  # only when the minimum of one pushed the total over
+        out[out.index(max(out))] -= 1
+    behind = [limit * n - out[i] * total for i, n in enumerate(sizes)]  # remainder x total
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-behind[i], sizes[i]))
+    for i in by_remainder[: limit - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def limit_splits(
+    splits: dict[str, tuple[list[str], list[int]]], limit: int | None, seed: int
+) -> dict[str, tuple[list[str], list[int]]]:
+    """Keep about ``limit`` examples in total: each split shrunk in proportion, classes stratified.
+
+    Kept examples stay in their input order; ``limit=None`` keeps everything.
+    """
+    if limit is None:
+        return splits
+    sizes = shrink_sizes([len(labels) for _, labels in splits.values()], limit)
+    out = {}
+    for (name, (texts, labels)), k in zip(splits.items(), sizes, strict=True):
+        idx = stratified_subsample(labels, k, seed)
+        out[name] = ([texts[i] for i in idx], [labels[i] for i in idx])
+    return out
+
+
+def check_train_covers_classes(
+    splits: dict[str, tuple[list[str], list[int]]],
+    class_names: Sequence[str],
+    where: str,
+    strict: bool = True,
+) -> None:
+    """Name every class that has val/test examples but no training one: a :class:`DataError`, or
+    a :class:`DataWarning` when not ``strict`` (a sample of a generated or limited data set)."""
+    in_train = set(splits["train"][1])
+    orphans: dict[int, int] = {}
+    for split in ("val", "test"):
+        for y in splits.get(split, ([], []))[1]:
+            if y not in in_train:
+                orphans[y] = orphans.get(y, 0) + 1
+    if not orphans:
+        return
+    found = ", ".join(
+        f"{class_names[c]!r} ({n} example{'s' if n > 1 else ''})"
+        for c, n in sorted(orphans.items())
+    )
+    msg = f"{where}: class(es) {found} occur in val/test but not in the training split, so the " \
+        "model never sees them"
+    if strict:
+        raise DataError(
+            f"{msg}; fix: add training examples of these classes, or drop their val/test rows."
+        )
+    warnings.warn(
+        f"{msg} (a small sample; fix: raise data.limit_examples or the number of examples).",
+        DataWarning,
+        stacklevel=2,
+    )
