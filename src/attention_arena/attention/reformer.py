@@ -46,8 +46,8 @@ def lsh_rotations(n_hashes: int, dim: int, n_half: int, seed: int) -> Tensor:
 
 
 def lsh_buckets(keys: Tensor, rotations: Tensor, n_buckets: Tensor) -> Tensor:
-    """Bucket of every key in every round: keys (B, H, N, d), rotations (R, d, >= b/2),
-    n_buckets (B,) even -> (B, H, R, N) long.
+    """Bucket of every key in every round: keys (B, H, N, d) (their lengths do not matter),
+    rotations (R, d, >= b/2), n_buckets (B,) even -> (B, H, R, N) long.
 
     Sequence i uses the first b_i / 2 columns: bucket argmax [k̂R, −k̂R], numbered j for column
     j of k̂R and h + j for column j of −k̂R, where h = max_i b_i / 2 (same order as argmax)."""
