@@ -339,6 +339,16 @@ def test_reformer_hashes_deterministically_in_eval_and_redraws_in_training():
     assert not torch.equal(make("reformer", bucket_size=4, seed=8).eval()(x), first)
 
 
+def test_reformer_layers_hash_differently():
+    torch.manual_seed(0)
+    model = TransformerClassifier(10, 2, embed_dim=D, num_heads=H, num_layers=2,
+                                  attention={"name": "reformer"})
+    first, second = (b.attn for b in model.blocks)
+    assert first.seed != second.seed
+    assert not torch.equal(first.rotations(4, torch.device("cpu")),
+                           second.rotations(4, torch.device("cpu")))
+
+
 def test_reformer_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match="bucket_size must be a positive integer"):
         make("reformer", bucket_size=0)
