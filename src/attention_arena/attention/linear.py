@@ -35,9 +35,9 @@ def linear_attention(
         if key_padding_mask is not None:  # padded keys: no value, no count
             fk = fk.masked_fill(key_padding_mask[:, None, :, None], 0.0)
         kv = fk.transpose(-1, -2) @ v.to(dtype)  # Σⱼ φ(kⱼ) vⱼᵀ, (B, H, d, d)
-        k_sum = fk.sum(-2, keepdim=True).transpose(-1, -2)  # Σⱼ φ(kⱼ), (B, H, d, 1)
-        denominator = (fq @ k_sum).clamp_min(torch.finfo(dtype).tiny)  # (B, H, N, 1)
-        out = (fq @ kv).div_(denominator)  # all padding: 0 / tiny = 0
+        k_sum = fk.sum(-2).unsqueeze(-1)  # Σⱼ φ(kⱼ), (B, H, d, 1)
+        out = fq @ torch.cat([kv, k_sum], dim=-1)  # [numerator | denominator], (B, H, N, d + 1)
+        out = out[..., :-1] / out[..., -1:].clamp_min(torch.finfo(dtype).tiny)  # 0 / tiny = 0
     return out.to(v.dtype)
 
 
