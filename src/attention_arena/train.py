@@ -47,6 +47,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .attention import import_modules
 from .utils import (
     METRIC_KEYS,
     RUN_KEYS,
@@ -194,6 +195,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from .lit_module import ArenaClassifier, check_checkpoint_compatible
 
     run_dir = Path(str(cfg.output_dir)).resolve()
+    import_modules(cfg.get("imports") or [])  # user backends named on the command line
     pl.seed_everything(cfg.seed, workers=True)
 
     # data: set up here to learn num_classes / vocab_size (Lightning calls setup again, cheaply)
