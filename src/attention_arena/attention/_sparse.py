@@ -7,8 +7,8 @@ their log-sum-exps lₚ (the log of each set's softmax denominator):
 
 so a query can see a band of keys, a few gathered blocks and the global tokens without
 concatenating them: :func:`merged_attention` runs one attention per key set and merges them
-exactly. Global tokens are one such set, computed once for all queries (:func:`global_keys`),
-and global queries attend to every real key (:func:`attend_from_globals`).
+exactly. :func:`block_sparse_attention` adds the global tokens as one more (small) key set,
+computed once for all queries, and lets global queries attend to every real key.
 
 Layout: queries in blocks, q (X, Y, M, d) with X·Y·M rows (e.g. (B·H, blocks, block, d)); every
 key set has keys and values (X, Y, S, d) (expanded views are fine) and an optional bool ``allowed``
