@@ -27,8 +27,11 @@ from .full import full_attention
 
 KeySet = tuple[Tensor, Tensor, Tensor | None]  # k, v (X, Y, S, d), allowed or None
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+# PyTorch's CPU flash-attention kernels (private ATen ops that also return the log-sum-exp);
+# without them every key set takes the reference path.
+_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward",
+                          None)
 
 
 def merged_attention(q: Tensor, key_sets: list[KeySet], dropout_p: float = 0.0,
@@ -54,7 +57,8 @@ def merged_attention(q: Tensor, key_sets: list[KeySet], dropout_p: float = 0.0,
 def _use_flash(q: Tensor, dropout_p: float) -> bool:
     """PyTorch's CPU flash kernel returns the log-sum-exp but has no dropout; elsewhere (CUDA,
     dropout) the reference path forms the scores of each block explicitly."""
-    return q.device.type == "cpu" and dropout_p == 0.0
+    kernels = _flash is not None and _flash_backward is not None
+    return kernels and q.device.type == "cpu" and dropout_p == 0.0
 
 
 def _merge_weights(lses: list[Tensor]) -> list[Tensor]:
