@@ -17,6 +17,7 @@ from attention_arena.attention.bigbird import (
     random_blocks,
 )
 from attention_arena.attention.longformer import sliding_window_attention
+from test_attention import banded_reference, masks  # padding at the end of row 1, globals
 
 PATHS = ["kernel", "explicit", "reference"]
 
@@ -37,16 +38,6 @@ def path(request, monkeypatch) -> str:
 
 def randn(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def masks(B, N):
-    """Padding at the end of row 1; global tokens at 0 (both rows) and N // 2 (row 0)."""
-    pad = torch.zeros(B, N, dtype=torch.bool)
-    pad[1, N - N // 3:] = True
-    glob = torch.zeros(B, N, dtype=torch.bool)
-    glob[:, 0] = True
-    glob[0, N // 2] = True
-    return pad, glob
 
 
 def real_rows(out, pad):
@@ -140,17 +131,6 @@ def test_merged_attention_in_half_precision_is_close_to_float64(path, dtype):
 
 
 # --- longformer: the global tokens as one merged key set --------------------------------------
-
-def banded_reference(q, k, v, window, pad=None, glob=None):
-    B, _, N, _ = q.shape
-    i = torch.arange(N)
-    allowed = ((i[:, None] - i[None, :]).abs() <= window // 2).expand(B, N, N).clone()
-    keep = torch.ones(B, N, dtype=torch.bool) if pad is None else ~pad
-    if glob is not None:
-        g = glob & keep
-        allowed |= g[:, None, :] | g[:, :, None]
-    return reference_attention(q, k, v, allowed & keep[:, None, :])
-
 
 @pytest.mark.parametrize("N,window,block", [(100, 10, 4), (130, 32, 16), (64, 8, 8)])
 def test_longformer_blocked_band_with_globals_equals_reference(path, N, window, block):

@@ -7,8 +7,8 @@ their log-sum-exps lₚ (the log of each set's softmax denominator):
 
 so a query can see a band of keys, a few gathered blocks and the global tokens without
 concatenating them: :func:`merged_attention` runs one attention per key set and merges them
-exactly. Global tokens are one such set, computed once for all queries (:func:`global_keys`),
-and global queries attend to every real key (:func:`attend_from_globals`).
+exactly. :func:`block_sparse_attention` adds the global tokens as one more (small) key set,
+computed once for all queries, and lets global queries attend to every real key.
 
 Layout: queries in blocks, q (X, Y, M, d) with X·Y·M rows (e.g. (B·H, blocks, block, d)); every
 key set has keys and values (X, Y, S, d) (expanded views are fine) and an optional bool ``allowed``
@@ -27,8 +27,11 @@ from .full import full_attention
 
 KeySet = tuple[Tensor, Tensor, Tensor | None]  # k, v (X, Y, S, d), allowed or None
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+# PyTorch's CPU flash-attention kernels (private ATen ops that also return the log-sum-exp);
+# without them every key set takes the reference path.
+_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward",
+                          None)
 
 
 def merged_attention(q: Tensor, key_sets: list[KeySet], dropout_p: float = 0.0,
@@ -54,7 +57,8 @@ def merged_attention(q: Tensor, key_sets: list[KeySet], dropout_p: float = 0.0,
 def _use_flash(q: Tensor, dropout_p: float) -> bool:
     """PyTorch's CPU flash kernel returns the log-sum-exp but has no dropout; elsewhere (CUDA,
     dropout) the reference path forms the scores of each block explicitly."""
-    return q.device.type == "cpu" and dropout_p == 0.0
+    kernels = _flash is not None and _flash_backward is not None
+    return kernels and q.device.type == "cpu" and dropout_p == 0.0
 
 
 def _merge_weights(lses: list[Tensor]) -> list[Tensor]:
@@ -172,18 +176,15 @@ class _FlashMerge(torch.autograd.Function):
         if grad_q is None:
             grad_q = torch.zeros_like(q)
 
-        # Small sets, key by key: dsⱼ = aⱼ ⊙ (dO·vⱼ − D) with aⱼ = exp(sⱼ − L),
+        # Small sets, key by key: dsⱼ = aⱼ ⊙ dO·(vⱼ − o) with aⱼ = exp(sⱼ − L) (dO·o is D),
         # dvⱼ = Σ_rows aⱼ dO, dkⱼ = Σ_rows dsⱼ q / √d, dQ += dsⱼ kⱼ / √d.
-        small = [p for p in range(n) if scores[p] is not None]
-        if small:
-            row_term = _sliced(_row_dot, grad_out, out)  # D: (X, Y, M, 1)
-        for p in small:
+        for p in (p for p in range(n) if scores[p] is not None):
             k, v, _ = flat[3 * p:3 * p + 3]
             weights = (scores[p] - total[..., None]).exp()  # (X, Y, M, S)
             dks, dvs = [], []
             for j in range(k.shape[-2]):
                 a_j, v_j = weights[..., j:j + 1], v[..., j:j + 1, :]
-                ds_j = a_j * (_sliced(_row_dot, grad_out, v_j) - row_term)  # (X, Y, M, 1)
+                ds_j = a_j * _sliced(_row_dot_diff, grad_out, v_j, out)  # (X, Y, M, 1)
                 dks.append(scale * ds_j.transpose(-1, -2) @ q.to(ds_j.dtype))
                 dvs.append(_sliced(_weighted_row_sum, grad_out, a_j))  # (X, Y, 1, d)
                 grad_q.addcmul_(ds_j, k[..., j:j + 1, :], value=scale)
@@ -209,23 +210,24 @@ def _unravel(rows: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor]:
     return rows // (Y * M), rows // M % Y, rows % M
 
 
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_d a·b in fp32 at least: (..., M, d) x2 (broadcast) -> (..., M, 1)."""
-    dtype = torch.promote_types(a.dtype, torch.float32)
-    return (a.to(dtype) * b.to(dtype)).sum(-1, keepdim=True)
+def _row_dot_diff(g: Tensor, v: Tensor, o: Tensor) -> Tensor:
+    """Σ_d g·(v − o) in fp32 at least: (..., M, d) x3 (broadcast) -> (..., M, 1)."""
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    return (g.to(dtype) * (v.to(dtype) - o.to(dtype))).sum(-1, keepdim=True)
 
 
-def _weighted_row_sum(a: Tensor, w: Tensor) -> Tensor:
-    """Σ_M w·a in fp32 at least: a (..., M, d), w (..., M, 1) -> (..., 1, d)."""
-    dtype = torch.promote_types(a.dtype, torch.float32)
-    return (w.to(dtype) * a.to(dtype)).sum(-2, keepdim=True)
+def _weighted_row_sum(g: Tensor, w: Tensor) -> Tensor:
+    """Σ_M w·g in fp32 at least: g (..., M, d), w (..., M, 1) -> (..., 1, d)."""
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    return (w.to(dtype) * g.to(dtype)).sum(-2, keepdim=True)
 
 
-def _sliced(fn, a: Tensor, b: Tensor, rows: int = 1 << 14) -> Tensor:
-    """``fn(a, b)`` on slices of dimension 0 (about ``rows`` rows of a (X, Y, M, d) each),
-    concatenated: the temporaries of an element-wise product stay small."""
+def _sliced(fn, *tensors: Tensor, rows: int = 1 << 12) -> Tensor:
+    """``fn(*tensors)`` on slices of dimension 0 (about ``rows`` rows of the first, a
+    (X, Y, M, d) tensor, each), concatenated: element-wise temporaries stay small (in cache)."""
+    a = tensors[0]
     step = max(1, rows // (a.shape[1] * a.shape[2]))
-    return torch.cat([fn(a[i:i + step], b[i:i + step]) for i in range(0, a.shape[0], step)])
+    return torch.cat([fn(*(t[i:i + step] for t in tensors)) for i in range(0, a.shape[0], step)])
 
 
 # --------------------------------------------------------------------------------------------

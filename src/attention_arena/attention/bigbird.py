@@ -21,6 +21,7 @@ nb × nb table of ranks per head (nb = N / block_size), not N × N.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -56,10 +57,12 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+@functools.lru_cache(maxsize=32)
 def block_ranks(seed: int, heads: int, num_blocks: int,
                 device: torch.device | str | None = None) -> Tensor:
     """Pseudo-random ranks (heads, nb, nb), int64, distinct within a row: entry (h, i, j) is a
-    hash of (seed, h, i, j) (high bits) and j (low 20 bits), independent of ``num_blocks``."""
+    hash of (seed, h, i, j) (high bits) and j (low 20 bits), independent of ``num_blocks``.
+    Cached (one table per layer and length): do not modify the result."""
     h, i, j = (torch.arange(n, device=device) for n in (heads, num_blocks, num_blocks))
     x = _mix32(torch.tensor(seed & _MASK32, device=device))
     x = _mix32(x ^ h)[:, None, None]

@@ -2,8 +2,11 @@
 
 Token i attends to every j with |i - j| <= window / 2, and to every global token; a global token
 attends to (and is attended by) all tokens. The window part runs in blocks of ``block`` queries
-against their ``2r + 1`` neighbouring key blocks through PyTorch's fused SDPA kernel, so time and
-memory are O(N · window): no N × N matrix is ever formed.
+against their ``2r + 1`` neighbouring key blocks (PyTorch's CPU flash kernel; explicit per-block
+scores with dropout or off the CPU), so time and memory are O(N · window): no N × N matrix is
+ever formed. The global keys are computed once
+for all queries, as their own key set, and merged with the band exactly by log-sum-exp
+(:mod:`._sparse`, shared with ``bigbird``).
 """
 
 from __future__ import annotations
