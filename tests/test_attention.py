@@ -28,7 +28,8 @@ D, H = 32, 4
 def make(name: str, **kw) -> SelfAttention:
     torch.manual_seed(0)
     defaults = {"linformer": {"k": 16, "max_len": 256}, "longformer": {"window": 8},
-                "performer": {"num_features": 64}}
+                "performer": {"num_features": 64},
+                "bigbird": {"block_size": 8, "num_random_blocks": 2}}
     return build_attention(name, embed_dim=D, num_heads=H, **{**defaults.get(name, {}), **kw})
 
 
@@ -427,7 +428,8 @@ def test_gradients_reach_every_parameter(name):
 
 # Small options that keep gradcheck fast; a backend not listed runs with its defaults.
 GRADCHECK_OPTIONS = {"linformer": {"k": 4, "max_len": 10}, "longformer": {"window": 4},
-                     "performer": {"num_features": 8}}
+                     "performer": {"num_features": 8},
+                     "bigbird": {"block_size": 2, "num_random_blocks": 1}}
 
 
 def gradcheck_module(attn: SelfAttention, N: int = 10) -> bool:

@@ -63,12 +63,16 @@ def _read_csv(path):
 # longformer 4: 5 keys each  2·2·B·H·N·5·d = 2560                      -> 3 · 10752 = 32256
 # performer 8: φ(q), φ(k)    2·2·B·H·N·d·m = 4096, φ(K)ᵀV and φ(Q)(·) 4096, normaliser
 #              2·B·H·N·m = 512                                          -> 3 · 16896 = 50688
+# bigbird block 2, 3 window + 1 random blocks: 8 keys each  2·2·B·H·N·8·d = 4096
+#                                                                       -> 3 · 12288 = 36864
 HAND_FLOPS = [
     ("full", {}, 49152),
     ("linformer", {"k": 4, "max_len": 16}, 36864),
     ("longformer", {"window": 4}, 32256),
     ("longformer", {"window": 32}, 49152),  # window wider than N: exactly full's work
     ("performer", {"num_features": 8}, 50688),
+    ("bigbird", {"block_size": 2, "num_random_blocks": 1}, 36864),
+    ("bigbird", {"block_size": 4, "num_random_blocks": 2}, 49152),  # 20 keys > N: full's work
 ]
 
 
@@ -438,8 +442,8 @@ def test_peers_mirror_our_settings_run_or_skip(monkeypatch):
 def test_peer_requirements_are_the_peers_extra():
     text = (REPO / "pyproject.toml").read_text()
     extra = re.search(r"^peers = \[(.*)\]$", text, re.MULTILINE).group(1)
-    assert sorted(re.findall(r'"([^"]+)"', extra)) == sorted(p.requirement
-                                                            for p in PEERS.values())
+    assert sorted(re.findall(r'"([^"]+)"', extra)) == sorted({p.requirement
+                                                             for p in PEERS.values()})
 
 
 def test_peer_wrappers_shape():

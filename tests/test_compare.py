@@ -20,7 +20,7 @@ from attention_arena.compare import (
     sweep_grid,
     write_report,
 )
-from attention_arena.compare.grid import BASELINE_JOBS, expand_grid
+from attention_arena.compare.grid import BASELINE_JOBS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_DOCS, N_CLASSES = 100, 5
@@ -372,21 +372,6 @@ def test_crashed_run_read_from_real_hydra_layout(tmp_path):
 # --------------------------------------------------------------------------------------------
 # The sweep grid
 # --------------------------------------------------------------------------------------------
-
-def test_expand_grid_follows_hydra_order():
-    jobs = expand_grid({"attention": "full,linformer", "data.max_length": "256,512"},
-                       ["experiment=quick", "seed=0,1"])
-    assert len(jobs) == 8
-    assert jobs[0] == ["attention=full", "data.max_length=256", "experiment=quick", "seed=0"]
-    assert jobs[1] == ["attention=full", "data.max_length=256", "experiment=quick", "seed=1"]
-    assert jobs[2][:2] == ["attention=full", "data.max_length=512"]
-    assert jobs[7] == ["attention=linformer", "data.max_length=512", "experiment=quick",
-                       "seed=1"]
-    # a command-line value replaces the preset's sweep, in the preset's position
-    assert expand_grid({"attention": "full,linformer", "seed": "0,1"}, ["attention=performer"]) \
-        == [["attention=performer", "seed=0"], ["attention=performer", "seed=1"]]
-    assert len(expand_grid(None, ["seed=range(0,3)"])) == 3
-
 
 def test_sweep_grid_settings_and_errors(tmp_path):
     _write_multirun(tmp_path, {"data.max_length": "128,256"}, ["attention=performer", "seed=3"])

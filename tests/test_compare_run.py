@@ -29,10 +29,14 @@ def test_compare_run_trains_a_grid_and_reports(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     assert len(runs) == 4, runs
+    baseline = read_metrics(sweep / "baseline" / "s0")  # the baseline row, same data and seed
+    assert baseline["kind"] == "baseline" and baseline["status"] == "ok"
+    assert (sweep / "baseline" / "s0" / "predictions.csv").is_file()
     with open(sweep / "comparison" / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert {(r["attention"], r["max_length"]) for r in rows} == {
-        ("full", "64"), ("full", "128"), ("linformer", "64"), ("linformer", "128")}
+        ("full", "64"), ("full", "128"), ("linformer", "64"), ("linformer", "128"),
+        ("tfidf-logreg", "")}
     assert all(r["status"] == "ok" for r in rows)
     assert read_metrics(sweep / "2_linformer_L64_s0")["notes"] == [
         "linformer k capped from 256 to 64 = max_len"]

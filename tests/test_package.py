@@ -165,3 +165,19 @@ def test_user_config_dir_adds_an_experiment_preset(tmp_path):
     resolved = (tmp_path / "run" / "config_resolved.yaml").read_text()
     assert read_metrics(tmp_path / "run")["attention"] == "longformer"
     assert "window: 16" in resolved and "embed_dim: 48" in resolved
+
+
+@pytest.mark.integration
+def test_a_module_named_on_the_command_line_registers_its_backend(tmp_path):
+    """No packaging: ``imports=[module]`` plus ``--config-dir`` for its YAML."""
+    (tmp_path / "my_backend.py").write_text(EXT_BACKEND.replace("ext_tempered", "plain_tempered"))
+    (tmp_path / "my_conf" / "attention").mkdir(parents=True)
+    (tmp_path / "my_conf" / "attention" / "plain_tempered.yaml").write_text(
+        "name: plain_tempered\ntemperature: 3.0\n")
+    proc = run(["-m", "attention_arena.train", "--config-dir", "my_conf", "imports=[my_backend]",
+                "attention=plain_tempered", "hydra.run.dir=run", *TINY], tmp_path, tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert read_metrics(tmp_path / "run")["attention"] == "plain_tempered"
+    proc = run(["-m", "attention_arena.train", "imports=[no_such_module]", "hydra.run.dir=bad",
+                *TINY], tmp_path)
+    assert proc.returncode == 1 and "cannot import 'no_such_module'" in proc.stderr

@@ -24,18 +24,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = "tests/test_attention.py"
+SPARSE_TESTS = "tests/test_attention_sparse.py"
 
 
 @dataclass(frozen=True)
 class Mutation:
     """Replace ``old`` (which must occur exactly once) by ``new`` in ``path``, then run the tests
-    of ``TESTS`` selected by the pytest ``-k`` expression ``select``."""
+    of ``tests`` selected by the pytest ``-k`` expression ``select``."""
 
     name: str
     path: str  # relative to src/attention_arena/attention/
     old: str
     new: str
     select: str
+    tests: str = TESTS
 
 
 MUTATIONS = [
@@ -67,9 +69,33 @@ MUTATIONS = [
     Mutation("longformer: blocked band ignores padding (no globals)", "longformer.py",
              "key_ok = keep if global_mask is None", "key_ok = keep | True if global_mask is None",
              "longformer or band"),
-    Mutation("longformer: global queries ignore padding (blocked)", "longformer.py",
-             "full_attention(q_glob, k, v, ~keep,", "full_attention(q_glob, k, v, None,",
-             "longformer or band"),
+    Mutation("longformer: global queries ignore padding (blocked)", "_sparse.py",
+             "full_attention(take_rows(q, idx), kp, vp, ~keep_p,",
+             "full_attention(take_rows(q, idx), kp, vp, None,", "longformer or band"),
+    Mutation("sparse: kernel backward without the merged log-sum-exp", "_sparse.py",
+             "grad_out, q, k, v, out, total, 0.0, False, attn_mask=bias)",
+             "grad_out, q, k, v, out, 0 * total, 0.0, False, attn_mask=bias)",
+             "merged or longformer", SPARSE_TESTS),
+    Mutation("sparse: a key set's row without keys keeps the kernel's lse 0", "_sparse.py",
+             'lse = lse.masked_fill(bias.isneginf().all(-1).expand_as(lse), float("-inf"))',
+             "lse = lse", "merged", SPARSE_TESTS),
+    Mutation("sparse: small-set backward without the row term dO·o", "_sparse.py",
+             "_sliced(_row_dot_diff, grad_out, v_j, out)",
+             "_sliced(_row_dot_diff, grad_out, v_j, 0 * out)", "merged", SPARSE_TESTS),
+    Mutation("sparse: rows given from outside still send gradient to the key sets",
+             "_sparse.py", 'total.view(-1).index_fill_(0, rows, float("inf"))', "total.view(-1)",
+             "merged", SPARSE_TESTS),
+    Mutation("bigbird: random blocks may repeat window blocks", "bigbird.py",
+             "far = (i[:, None] - i[None, :]).abs() > window",
+             "far = (i[:, None] - i[None, :]).abs() >= 0", "bigbird", SPARSE_TESTS),
+    Mutation("bigbird: random blocks drawn among padding too", "bigbird.py",
+             "~(far & eligible[:, None, None, :])", "~far", "bigbird", SPARSE_TESTS),
+    Mutation("bigbird: padded keys of a random block get weight", "bigbird.py",
+             "random_ok = block_ok[batch, idx] & ok[..., None]",
+             "random_ok = (block_ok[batch, idx] | True) & ok[..., None]", "bigbird",
+             SPARSE_TESTS),
+    Mutation("bigbird: block ranks depend on the number of blocks", "bigbird.py",
+             "x = _mix32(x ^ j)", "x = _mix32(x ^ j ^ num_blocks)", "bigbird", SPARSE_TESTS),
     Mutation("linformer: drop the padding zeroing before the projection (module)", "linformer.py",
              "x = x * real[..., None]", "x = x", "linformer"),
     Mutation("linformer: drop the padding zeroing before the projection (core)", "linformer.py",
@@ -106,24 +132,26 @@ def imported_from(src: Path) -> Path:
     return Path(out.stdout.strip()).resolve()
 
 
-def run_tests(src: Path, select: str) -> tuple[int, str]:
+def run_tests(src: Path, tests: str, select: str) -> tuple[int, str]:
     """pytest on the copy at ``src``: (exit code, its summary line)."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", TESTS, "-q", "-x", "-p",
+    proc = subprocess.run([sys.executable, "-m", "pytest", tests, "-q", "-x", "-p",
                            "no:cacheprovider", "-k", select],
                           env=env_for(src), cwd=REPO, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
     return proc.returncode, (lines[-1].strip("= ") if lines else proc.stdout[-300:])
 
 
-def check_the_copy_is_tested(selects: list[str]) -> None:
+def check_the_copy_is_tested(mutations: list[Mutation]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = copy_src(Path(tmp))
         origin = imported_from(src)
         if not origin.is_relative_to(src.resolve()):
             raise SystemExit(f"the tests would import {origin}, not the copy in {src}")
-        rc, summary = run_tests(src, " or ".join(f"({s})" for s in selects))
-        if rc != 0:
-            raise SystemExit(f"the unmutated copy fails its tests: {summary}")
+        for tests in sorted({m.tests for m in mutations}):
+            selects = sorted({m.select for m in mutations if m.tests == tests})
+            rc, summary = run_tests(src, tests, " or ".join(f"({s})" for s in selects))
+            if rc != 0:
+                raise SystemExit(f"the unmutated copy fails {tests}: {summary}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", default="", help="only mutations whose name contains this")
     args = parser.parse_args(argv)
     mutations = [m for m in MUTATIONS if args.k in m.name]
-    check_the_copy_is_tested(sorted({m.select for m in mutations}))
+    check_the_copy_is_tested(mutations)
 
     width = max(len(m.name) for m in mutations)
     print(f"{'mutation':{width}}  result    tests (-k)            pytest")
@@ -140,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             src = copy_src(Path(tmp))
             apply(m, src)
-            rc, summary = run_tests(src, m.select)
+            rc, summary = run_tests(src, m.tests, m.select)
         verdict = {0: "SURVIVED", 1: "caught"}.get(rc, f"error {rc}")
         survived += verdict != "caught"
         print(f"{m.name:{width}}  {verdict:8}  {m.select:20}  {summary}", flush=True)

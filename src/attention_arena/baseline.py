@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,16 +30,16 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from . import train
 from .stats import macro_f1
-from .train import CONF_DIR, _hydra_info, _one_line
-from .utils import METRIC_KEYS, format_table, register_resolvers
+from .train import CONF_DIR, run_job
+from .utils import METRIC_KEYS, register_resolvers
 
 NAME = "tfidf-logreg"
 C_GRID = (1.0, 10.0, 100.0)
 EVAL_SPLITS = ("val", "test")
 
 register_resolvers()
-_FAILURES: list[str] = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,51 +141,23 @@ def run_baseline(datamodule: Any, out_dir: str | Path, seed: int, c: float | Non
 # Hydra app
 # --------------------------------------------------------------------------------------------
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """One job: build the data module from ``cfg.data`` and run the baseline; a failure is
-    recorded in ``metrics.json`` (``status: failed``) and printed, and the sweep goes on."""
-    overrides, _ = _hydra_info()
-    out = Path(str(cfg.output_dir)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    base = dict.fromkeys(METRIC_KEYS) | {
-        "attention": NAME, "data": cfg.data.get("name"), "max_length": None, "seed": cfg.seed,
-        "run_dir": str(out), "overrides": overrides, "kind": "baseline"}
-    (out / "metrics.json").write_text(json.dumps(base | {"status": "running"}, indent=2) + "\n")
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """The baseline for one composed config (a job of :func:`attention_arena.train.run_job`)."""
     c = (cfg.get("baseline") or {}).get("C")
-    start = time.time()
-    try:
-        datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-        result = run_baseline(datamodule, out, int(cfg.seed), c=None if c is None else float(c))
-    except Exception as err:  # noqa: BLE001 - a job reports its own failure
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("ARENA_RAISE") == "1":
-            raise
-        result = base | {"status": "failed", "error": _one_line(err),
-                         "wall_time_s": round(time.time() - start, 3)}
-        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        line = f"[arena] ERROR (baseline, {base['data']}, run dir {out}): {result['error']}"
-        print(line, file=sys.stderr, flush=True)
-        _FAILURES.append(line)
-        return result
-    result["overrides"] = overrides
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n[arena] baseline {NAME} finished in {result['wall_time_s']:.1f} s ({out})\n"
-          + format_table({k: result[k] for k in ("data", "seed", "parameters", "val_acc",
-                                                   "val_f1", "test_acc", "test_f1")}),
-          flush=True)
-    return result
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    return run_baseline(datamodule, str(cfg.output_dir), int(cfg.seed),
+                        c=None if c is None else float(c))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return run(cfg).get("val_acc")
+    identity = {"attention": NAME, "max_length": None, "kind": "baseline"}
+    return run_job(cfg, work=fit, identity=identity).get("val_acc")
 
 
 def main() -> None:
-    """Entry point: run the Hydra app, then exit 1 if any job of this process failed."""
-    _FAILURES.clear()
-    hydra_main()
-    if _FAILURES:
-        sys.exit(1)
+    """Entry point: the Hydra app, with ``arena-train``'s exit statuses (1 if a job failed)."""
+    train.main(hydra_main)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
     arena-compare-run --resume multirun/quick_compare_<time>     # finish an interrupted sweep
 
 It runs ``arena-train -m experiment=<name> [overrides]`` into one sweep directory (one job per
-backend x length x seed; a failing job is recorded, the others go on) and then
+backend x length x seed; a failing job is recorded, the others go on), then the TF-IDF +
+logistic-regression baseline (:mod:`attention_arena.baseline`) on the same data for every seed of
+the sweep into ``<sweep dir>/baseline/`` (``--no-baseline`` skips it), then
 ``arena-compare <sweep dir>``.
 
 Interruptions: SIGINT and SIGTERM are passed on to the sweep, which records the job in progress
@@ -31,9 +33,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from . import compare
-from .utils import SweepJob, sweep_jobs
+from .utils import SweepJob, sweep_grid, sweep_jobs
 
 TRAIN = [sys.executable, "-m", "attention_arena.train"]
+BASELINE = [sys.executable, "-m", "attention_arena.baseline"]
 # Hydra overrides of the original sweep that a rerun of one of its jobs must not repeat
 NOT_REPEATED = ("hydra.mode", "hydra.sweep.dir", "hydra.run.dir", "hydra.job.num")
 
@@ -100,6 +103,30 @@ def resume(sweep_dir: Path, runner: SignalForwarder) -> int:
     return code
 
 
+def baseline_command(sweep_dir: Path) -> list[str]:
+    """The baseline on the sweep's data for each of its seeds, into ``sweep_dir/baseline``: the
+    sweep's single-valued overrides (data options, the experiment) without its grid."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config = OmegaConf.load(sweep_dir / "multirun.yaml")
+    seeds = sorted({o.split("=", 1)[1] for job in sweep_grid(sweep_dir) for o in job
+                    if o.startswith("seed=")}, key=int) or [str(config.seed)]
+    task = [str(o) for o in config.hydra.overrides.task]
+    parsed = OverridesParser.create().parse_overrides(task)
+    kept = [text for text, o in zip(task, parsed, strict=True)
+            if not o.is_sweep_override() and o.key_or_group != "seed"]
+    return [*BASELINE, "-m", *kept, "hydra.sweeper.params=null", f"seed={','.join(seeds)}",
+            f"hydra.sweep.dir={sweep_dir / 'baseline'}", "hydra.sweep.subdir=s${seed}"]
+
+
+def baseline_done(sweep_dir: Path) -> bool:
+    """Whether every job of the sweep's baseline finished ok."""
+    try:
+        return all(job.status == "ok" for job in sweep_jobs(sweep_dir / "baseline"))
+    except (OSError, ValueError):
+        return False
+
+
 def unfinished(sweep_dir: Path) -> tuple[str, bool]:
     """(``8 jobs: 6 ok, 1 failed, 1 not run``, whether a job is not ok); ("", False) if the
     grid cannot be read."""
@@ -125,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the runs go (default: multirun/<experiment>_<timestamp>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
                         help="run the jobs of an earlier sweep that did not finish, then report")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the TF-IDF + logistic regression baseline row")
     args, overrides = parser.parse_known_args(argv)
     if args.resume is not None and (overrides or args.sweep_dir):
         parser.error("--resume takes no overrides or --sweep-dir: the jobs are read from "
@@ -140,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.experiment}_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
             code = runner.call([*TRAIN, "-m", f"experiment={args.experiment}",
                                 f"hydra.sweep.dir={sweep_dir}", *overrides])
+        if args.baseline and not runner.received and (sweep_dir / "multirun.yaml").is_file() \
+                and not baseline_done(sweep_dir):
+            shutil.rmtree(sweep_dir / "baseline", ignore_errors=True)
+            code = runner.call(baseline_command(sweep_dir)) or code
     counts, incomplete = unfinished(sweep_dir)
     print(f"sweep {'interrupted' if runner.received else 'ended'} after "
           f"{time.time() - start:.0f} s (exit status {code}); {counts}", flush=True)

@@ -39,6 +39,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .attention import import_modules
 from .utils import (
     METRIC_KEYS,
     RUN_KEYS,
@@ -194,6 +196,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from .lit_module import ArenaClassifier, check_checkpoint_compatible
 
     run_dir = Path(str(cfg.output_dir)).resolve()
+    import_modules(cfg.get("imports") or [])  # user backends named on the command line
     pl.seed_everything(cfg.seed, workers=True)
 
     # data: set up here to learn num_classes / vocab_size (Lightning calls setup again, cheaply)
@@ -297,15 +300,24 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     tmp.replace(run_dir / "metrics.json")  # atomic: a reader never sees half a file
 
 
+def job_label(metrics: dict[str, Any]) -> str:
+    """``linformer L512 seed 1`` (no length for a job that reads whole texts)."""
+    length = "" if metrics.get("max_length") is None else f" L{metrics['max_length']}"
+    return f"{metrics.get('attention')}{length} seed {metrics.get('seed')}"
+
+
 def failure_line(metrics: dict[str, Any]) -> str:
     return (f"[arena] ERROR ({metrics.get('attention')}, {metrics.get('data')}, run dir "
             f"{metrics.get('run_dir')}): {metrics.get('error')}")
 
 
-def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """One job: :func:`train` with its bookkeeping. ``metrics.json`` says ``running`` from the
-    start, then ``ok`` with the metrics or ``failed`` with the one-line error (written by global
-    rank 0); then the job's wandb run and process group are closed. Returns the metrics.
+def run_job(cfg: DictConfig, work: Callable[[DictConfig], dict[str, Any]] = train,
+            identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One job: ``work(cfg)`` (default :func:`train`) with its bookkeeping. ``metrics.json``
+    says ``running`` from the start, then ``ok`` with the metrics or ``failed`` with the one-line
+    error (written by global rank 0); then the job's wandb run and process group are closed.
+    Returns the metrics. ``identity`` replaces what the job is (``attention``, ``max_length``,
+    ``kind``; default: the configured backend and length, kind ``model``).
 
     An :class:`Interrupted` (or other non-``Exception``) is recorded, then re-raised.
     """
@@ -320,16 +332,17 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     }
     error: BaseException | None = None
     try:
-        metrics.update(attention=cfg.attention.name, data=cfg.data.name,
-                       max_length=int(cfg.data.max_length), seed=int(cfg.seed))
+        metrics.update({"attention": cfg.attention.name, "data": cfg.data.name,
+                        "max_length": int(cfg.data.max_length), "seed": int(cfg.seed),
+                        **(identity or {})})
         if _global_rank() == 0:
-            print(f"{position or '[arena]'} {metrics['attention']} L{metrics['max_length']} "
-                  f"seed {metrics['seed']} ({metrics['data']}): started in {run_dir}", flush=True)
+            print(f"{position or '[arena]'} {job_label(metrics)} ({metrics['data']}): started "
+                  f"in {run_dir}", flush=True)
             write_metrics(run_dir, metrics)
             (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         with open_dict(cfg):
             cfg.output_dir = str(run_dir)
-        metrics.update(train(cfg), status="ok")
+        metrics.update(work(cfg), status="ok")
     except BaseException as err:  # noqa: BLE001 - a job reports its own failure (module doc)
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -361,7 +374,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     elif rank == 0:
         shown = ("attention", "data", "max_length", "parameters", "epochs", "steps", "val_acc",
                  "val_f1", "test_acc", "test_f1", "train_tokens_per_s", "peak_memory_mb")
-        print(f"\n{position or '[arena]'} finished {cfg.run_name} in "
+        print(f"\n{position or '[arena]'} finished {job_label(metrics)} in "
               f"{metrics['wall_time_s']:.1f} s ({run_dir})\n"
               + format_table({k: metrics[k] for k in shown}), flush=True)
     return metrics
@@ -430,13 +443,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return run_job(cfg).get("val_acc")  # the objective for sweepers (e.g. optuna)
 
 
-def main() -> None:
-    """Console entry point (``arena-train``): the Hydra app. Exit status 1 if a job failed
-    (:class:`ExitStatus`), 128 + N if signal N (SIGINT, SIGTERM) interrupted it."""
+def main(app: Callable[[], Any] | None = None) -> None:
+    """Console entry point (``arena-train``): the Hydra app (``app``, default this module's).
+    Exit status 1 if a job failed (:class:`ExitStatus`), 128 + N if signal N (SIGINT, SIGTERM)
+    interrupted it."""
     handler = InterruptHandler()
     with handler.installed():
         try:
-            hydra_main()
+            (app or hydra_main)()
         except (Interrupted, SystemExit):  # SystemExit: ExitStatus, or Lightning on SIGTERM
             if handler.signum is None:
                 raise

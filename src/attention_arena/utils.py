@@ -153,14 +153,16 @@ def sweep_grid(sweep_dir: str | Path) -> list[list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {sweep_dir} is not the directory of a "
                                 f"Hydra sweep (arena-train -m / arena-compare-run)")
-    hydra_cfg = OmegaConf.load(path).hydra
-    sweeper = str(hydra_cfg.sweeper.get("_target_", ""))
+    hydra_cfg = OmegaConf.load(path).get("hydra")
+    if hydra_cfg is None:
+        raise ValueError(f"{path} is not a Hydra multirun config (no hydra: section)")
+    sweeper = str((hydra_cfg.get("sweeper") or {}).get("_target_", "BasicSweeper"))
     if not sweeper.endswith("BasicSweeper"):
         raise ValueError(f"{path}: the sweep used {sweeper or 'an unknown sweeper'}; only the "
                          f"basic sweeper's grid can be read back")
-    params = hydra_cfg.sweeper.get("params") or {}
+    params = (hydra_cfg.get("sweeper") or {}).get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
-    arguments += [str(o) for o in hydra_cfg.overrides.task]
+    arguments += [str(o) for o in (hydra_cfg.get("overrides") or {}).get("task") or []]
     try:
         overrides = OverridesParser.create().parse_overrides(arguments)
         batches = BasicSweeper.split_arguments(overrides, None)

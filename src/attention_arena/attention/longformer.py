@@ -2,8 +2,11 @@
 
 Token i attends to every j with |i - j| <= window / 2, and to every global token; a global token
 attends to (and is attended by) all tokens. The window part runs in blocks of ``block`` queries
-against their ``2r + 1`` neighbouring key blocks through PyTorch's fused SDPA kernel, so time and
-memory are O(N · window): no N × N matrix is ever formed.
+against their ``2r + 1`` neighbouring key blocks (PyTorch's CPU flash kernel; explicit per-block
+scores with dropout or off the CPU), so time and memory are O(N · window): no N × N matrix is
+ever formed. The global keys are computed once
+for all queries, as their own key set, and merged with the band exactly by log-sum-exp
+(:mod:`._sparse`, shared with ``bigbird``).
 """
 
 from __future__ import annotations
@@ -14,25 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._sparse import block_sparse_attention, key_windows, mask_windows, pad_keys, per_head
 from .base import SelfAttention
 from .full import full_attention
 from .registry import register_attention
-
-
-def _key_windows(t: Tensor, block: int, r: int, nb: int) -> Tensor:
-    """Zero-copy windows of keys: (B, H, N, d) -> (B·H, nb, (2r+1)·block, d).
-
-    Window i holds positions (i - r)·block ... (i + r + 1)·block - 1 (zeros outside [0, N)).
-    """
-    B, H, N, d = t.shape
-    t = F.pad(t, (0, 0, r * block, (nb + r) * block - N))
-    return t.unfold(2, (2 * r + 1) * block, block).transpose(-1, -2).flatten(0, 1)
-
-
-def _mask_windows(m: Tensor, block: int, r: int, nb: int) -> Tensor:
-    """The same windows for a bool (B, N) mask: -> (B, nb, (2r+1)·block), False outside."""
-    m = F.pad(m, (r * block, (nb + r) * block - m.shape[1]), value=False)
-    return m.unfold(1, (2 * r + 1) * block, block)
 
 
 def sliding_window_attention(
@@ -97,7 +85,8 @@ def _blocked_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Te
                             global_mask: Tensor | None, dropout_p: float, block: int) -> Tensor:
     """The band in blocks of ``block`` queries against their 2r + 1 neighbouring key blocks.
 
-    O(N · window) time and memory; global keys are concatenated to every window and global
+    O(N · window) time and memory. The global keys are one more key set, seen by every query and
+    merged with the band by log-sum-exp (:func:`~._sparse.block_sparse_attention`); global
     queries attend to all real keys. Arguments as for :func:`_dense_band_attention`.
     """
     B, H, N, d = q.shape
@@ -105,49 +94,18 @@ def _blocked_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Te
     nb = math.ceil(N / block)
     S = (2 * r + 1) * block  # keys seen by one block of queries
 
-    # Which keys the band may use: real and not global (globals are added separately).
+    # Which keys the band may use: real and not global (globals are their own key set).
     key_ok = keep if global_mask is None else keep & ~global_mask
-    key_ok = _mask_windows(key_ok, block, r, nb)  # (B, nb, S)
+    key_ok = mask_windows(key_ok, block, r, nb)  # (B, nb, S)
 
     # Query s of block i sits at i·block + s, key t of its window at (i - r)·block + t, so
     # |p_q - p_k| <= half  <=>  |s + r·block - t| <= half.
     s = torch.arange(block, device=q.device)[:, None]
     t = torch.arange(S, device=q.device)[None, :]
-    mask = ((s + r * block - t).abs() <= half) & key_ok[:, :, None, :]  # (B, nb, block, S)
-    # A query with no allowed key (padding far from real tokens) keeps its diagonal so the
-    # softmax stays finite; the caller discards padded outputs.
-    diag = t == s + r * block
-    mask = mask | (diag & ~mask.any(-1, keepdim=True))
-
-    qb = F.pad(q, (0, 0, 0, nb * block - N)).reshape(B * H, nb, block, d)
-    kb = _key_windows(k, block, r, nb)  # (B·H, nb, S, d), a view
-    vb = _key_windows(v, block, r, nb)
-
-    glob_idx = glob_ok = None
-    if global_mask is not None and global_mask.any():
-        G = int(global_mask.sum(-1).max())
-        # each row's global positions first (in order), then the rest
-        glob_idx = torch.argsort((~global_mask).to(torch.int8), dim=1, stable=True)[:, :G]
-        glob_ok = global_mask.gather(1, glob_idx)  # (B, G): False marks filler slots
-        gather = glob_idx[:, None, :, None].expand(B, H, G, d)
-        kg = k.gather(2, gather).flatten(0, 1)[:, None].expand(B * H, nb, G, d)
-        vg = v.gather(2, gather).flatten(0, 1)[:, None].expand(B * H, nb, G, d)
-        kb, vb = torch.cat([kg, kb], dim=2), torch.cat([vg, vb], dim=2)
-        mask = torch.cat([glob_ok[:, None, None, :].expand(B, nb, block, G), mask], dim=-1)
-
-    if B > 1:  # one mask per (batch, head) pair
-        mask = mask[:, None].expand(B, H, *mask.shape[1:]).flatten(0, 1)
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p)
-    out = out.reshape(B, H, nb * block, d)
-
-    if glob_idx is not None:  # global queries attend to every real key
-        G = glob_idx.shape[1]
-        q_glob = q.gather(2, glob_idx[:, None, :, None].expand(B, H, G, d))
-        out_glob = full_attention(q_glob, k, v, ~keep, dropout_p=dropout_p)
-        # filler slots write into an extra, discarded position
-        target = torch.where(glob_ok, glob_idx, nb * block)[:, None, :, None].expand(B, H, G, d)
-        out = F.pad(out, (0, 0, 0, 1)).scatter(2, target, out_glob)
-    return out[:, :, :N]
+    band = ((s + r * block - t).abs() <= half) & key_ok[:, :, None, :]  # (B, nb, block, S)
+    kp, vp = pad_keys(k, block, r), pad_keys(v, block, r)
+    key_sets = [(key_windows(kp, block, r), key_windows(vp, block, r), per_head(band, H))]
+    return block_sparse_attention(q, kp, vp, key_sets, block, r, keep, global_mask, dropout_p)
 
 
 @register_attention("longformer")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,45 @@ class _PeerLinearEinsum(nn.Module):
         return self.out(out.reshape(B, N, D))
 
 
+class _PeerBigBirdHF(nn.Module):
+    """HF ``BigBirdBlockSparseAttention`` (q/k/v inside) + an out Linear, N padded to whole
+    blocks (masked). HF fixes the window at 3 blocks and makes the first and last blocks global;
+    like HF's model, inputs of at most (5 + 2r) blocks fall back to full attention."""
+
+    def __init__(self, D, H, N, block_size, num_random_blocks):
+        super().__init__()
+        from transformers import BigBirdConfig
+        from transformers.models.big_bird.modeling_big_bird import (
+            BigBirdBlockSparseAttention,
+            BigBirdModel,
+        )
+
+        cfg = BigBirdConfig(hidden_size=D, num_attention_heads=H, block_size=block_size,
+                            num_random_blocks=num_random_blocks, attention_type="block_sparse",
+                            attention_probs_dropout_prob=0.0, num_hidden_layers=1,
+                            max_position_embeddings=max(4096, N + block_size))
+        self.block, self.H = block_size, H
+        self.sparse = math.ceil(N / block_size) > 5 + 2 * num_random_blocks
+        self.masks = BigBirdModel.create_masks_for_block_sparse_attn
+        self.attn = BigBirdBlockSparseAttention(cfg, seed=0)
+        self.out = nn.Linear(D, D)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        pad = (-N) % self.block
+        if not self.sparse:  # HF's model switches to full attention here
+            q, k, v = (lin(x).view(B, N, self.H, -1).transpose(1, 2)
+                       for lin in (self.attn.query, self.attn.key, self.attn.value))
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.out(out.transpose(1, 2).reshape(B, N, D))
+        mask = torch.ones(B, N + pad, device=x.device, dtype=x.dtype)
+        mask[:, N:] = 0.0
+        blocked, band, from_mask, to_mask = self.masks(mask, self.block)
+        out = self.attn(torch.nn.functional.pad(x, (0, 0, 0, pad)), band, from_mask, to_mask,
+                        blocked, blocked)[0]
+        return self.out(out[:, :N])
+
+
 PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer("peer:linformer", "linformer", "linformer", "linformer==0.2.3", _PeerLinformer,
          ("k",)),
@@ -193,4 +233,6 @@ PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer("peer:reformer-pytorch", "reformer", "reformer_pytorch", "reformer-pytorch",
          _PeerReformer, ("bucket_size", "n_hashes")),
     Peer("peer:linear-einsum", "linear", "torch", "torch", _PeerLinearEinsum, ()),
+    Peer("peer:bigbird-hf", "bigbird", "transformers", "transformers", _PeerBigBirdHF,
+         ("block_size", "num_random_blocks")),
 ]}

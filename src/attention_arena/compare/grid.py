@@ -1,13 +1,10 @@
 """The jobs a sweep was meant to run, read from the ``multirun.yaml`` Hydra writes at its start.
 
 The grid is the Cartesian product of ``hydra.sweeper.params`` followed by the command-line task
-overrides (``hydra.overrides.task``), expanded by Hydra's own parser and BasicSweeper, so jobs come
-in Hydra's order and ``jobs[i]`` is job number ``i``. A job's backend, data, length and seed are
-its overrides, else the sweep's composed config; a job that swaps the ``data`` group without
-setting ``data.max_length`` gets length None (unknown without composing its config).
-
-Only this module knows how a grid is read: swap :func:`sweep_grid` for a shared implementation
-without touching the report.
+overrides (``hydra.overrides.task``), as :func:`attention_arena.utils.sweep_grid` expands it, so
+jobs come in Hydra's order and ``jobs[i]`` is job number ``i``. A job's backend, data, length and
+seed are its overrides, else the sweep's composed config; a job that swaps the ``data`` group
+without setting ``data.max_length`` gets length None (unknown without composing its config).
 """
 
 from __future__ import annotations
@@ -16,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .load import BASELINE_JOBS, _read_yaml, as_int, override_values, plain
-
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @dataclass(frozen=True)
@@ -36,17 +31,6 @@ class Job:
     @property
     def settings(self) -> tuple:
         return (self.data, self.attention, self.max_length, self.seed)
-
-
-def expand_grid(params: dict | None, task_overrides: list[str]) -> list[list[str]]:
-    """Every job's override list, as Hydra's BasicSweeper builds them (Hydra's order)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    args = [f"{k}={v}" for k, v in (params or {}).items()] + list(task_overrides)
-    overrides = OverridesParser.create().parse_overrides(args)
-    (jobs,) = BasicSweeper.split_arguments(overrides, None)
-    return jobs
 
 
 def _job_settings(overrides: list[str], config: dict, baseline: str | None) -> dict:
@@ -68,27 +52,17 @@ def _job_settings(overrides: list[str], config: dict, baseline: str | None) -> d
 
 
 def sweep_grid(sweep_dir: str | Path) -> list[Job]:
-    """The jobs of the sweep whose ``multirun.yaml`` is in ``sweep_dir``.
+    """The jobs of the sweep whose ``multirun.yaml`` is in ``sweep_dir`` (expanded by
+    :func:`attention_arena.utils.sweep_grid`, as Hydra's basic sweeper expands them).
 
     Raises FileNotFoundError without a multirun.yaml and ValueError when it cannot be read or
     its sweeper is not Hydra's basic sweeper (other sweepers choose their jobs as they run).
     """
-    path = Path(sweep_dir) / "multirun.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    config = _read_yaml(path)
-    hydra = config.get("hydra") if isinstance(config, dict) else None
-    if not isinstance(hydra, dict):
-        raise ValueError(f"{path} is not a Hydra multirun config (no hydra: section)")
-    sweeper = hydra.get("sweeper") or {}
-    if sweeper.get("_target_", BASIC_SWEEPER) != BASIC_SWEEPER:
-        raise ValueError(f"{path}: sweeper {sweeper.get('_target_')} picks its jobs while it "
-                         f"runs; only the basic sweeper's grid can be listed")
-    task = list((hydra.get("overrides") or {}).get("task") or [])
-    try:
-        jobs = expand_grid(sweeper.get("params"), task)
-    except Exception as err:  # noqa: BLE001 - Hydra's parser raises several types
-        raise ValueError(f"{path}: cannot expand the sweep grid ({err})") from err
+    from ..utils import sweep_grid as job_overrides
+
+    jobs = job_overrides(sweep_dir)
+    config = _read_yaml(Path(sweep_dir) / "multirun.yaml")
+    hydra = config.get("hydra") if isinstance(config, dict) else {}
     baseline = BASELINE_JOBS.get((hydra.get("job") or {}).get("name"))
     return [Job(num=i, overrides=tuple(o), sweep_dir=str(Path(sweep_dir)),
                 **_job_settings(o, config, baseline)) for i, o in enumerate(jobs)]
