@@ -10,10 +10,14 @@ subclass: in this package it is discovered automatically; in your own package, d
 """
 
 from .base import SelfAttention
+from .bigbird import BigBirdAttention, bigbird_attention
 from .full import FullAttention, full_attention, reference_attention
+from .linear import LinearAttention, linear_attention
 from .linformer import LinformerAttention, linformer_attention
 from .longformer import LongformerAttention, sliding_window_attention
+from .nystrom import NystromAttention, nystrom_attention
 from .performer import PerformerAttention, favor_attention
+from .reformer import ReformerAttention, lsh_attention
 from .registry import (
     available_attentions,
     build_attention,
@@ -23,18 +27,26 @@ from .registry import (
 )
 
 __all__ = [
+    "BigBirdAttention",
     "FullAttention",
+    "LinearAttention",
     "LinformerAttention",
     "LongformerAttention",
+    "NystromAttention",
     "PerformerAttention",
+    "ReformerAttention",
     "SelfAttention",
     "available_attentions",
+    "bigbird_attention",
     "build_attention",
     "favor_attention",
     "full_attention",
     "get_attention_class",
     "import_modules",
+    "linear_attention",
     "linformer_attention",
+    "lsh_attention",
+    "nystrom_attention",
     "reference_attention",
     "register_attention",
     "sliding_window_attention",
