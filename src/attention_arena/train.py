@@ -311,7 +311,7 @@ def failure_line(metrics: dict[str, Any]) -> str:
             f"{metrics.get('run_dir')}): {metrics.get('error')}")
 
 
-def run_job(cfg: DictConfig, work: Callable[[DictConfig], dict[str, Any]] = train,
+def run_job(cfg: DictConfig, work: Callable[[DictConfig], dict[str, Any]] | None = None,
             identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """One job: ``work(cfg)`` (default :func:`train`) with its bookkeeping. ``metrics.json``
     says ``running`` from the start, then ``ok`` with the metrics or ``failed`` with the one-line
@@ -342,7 +342,7 @@ def run_job(cfg: DictConfig, work: Callable[[DictConfig], dict[str, Any]] = trai
             (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         with open_dict(cfg):
             cfg.output_dir = str(run_dir)
-        metrics.update(work(cfg), status="ok")
+        metrics.update((work or train)(cfg), status="ok")
     except BaseException as err:  # noqa: BLE001 - a job reports its own failure (module doc)
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
