@@ -23,7 +23,7 @@ def test_compare_run_trains_a_grid_and_reports(tmp_path):
     overrides = [o for o in TINY if not o.startswith("data.max_length")]
     proc = subprocess.run(
         [sys.executable, "-m", "attention_arena.compare_run", "--sweep-dir", str(sweep),
-         "attention=full,linformer", "data.max_length=64,128",
+         "attention=full,linformer", "data.max_length=64,128", "seed=0",
          *overrides],
         env=cli_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
