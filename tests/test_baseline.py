@@ -82,8 +82,8 @@ def test_baseline_near_chance_on_shuffled_labels(tmp_path):
 
 
 def test_baseline_reads_the_same_split_as_the_models(tmp_path):
-    """Texts of the interim contract = the data module's tokenized splits (checked by hash),
-    also under limit_examples; the fixed-C path skips tuning."""
+    """The baseline reads the data module's split_texts: the same examples as the tokenized
+    splits, also under limit_examples, never truncated; the fixed-C path skips tuning."""
     path = _write_csv(tmp_path / "docs.csv", 300, separable=True)
     dm = _datamodule(path, tmp_path, seed=3, limit_examples=90)
     metrics = run_baseline(dm, tmp_path / "run", seed=3, c=1.0)
