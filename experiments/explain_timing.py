@@ -27,9 +27,9 @@ from attention_arena.explain.attributions import (
 )
 
 
-def timed(fn):
+def timed(fn, *args):
     wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
+    result = fn(*args)
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -55,13 +55,13 @@ def main() -> None:
                "ig_steps": args.ig_steps, "samples": args.samples,
                "load_before": os.getloadavg()[0]}
         jobs = {
-            "attention": lambda: attention_scores(run, doc),
-            "ig": lambda: integrated_gradients(run, doc, target, args.ig_steps),
-            "shap": lambda: kernel_shap(run, doc, target, args.samples),
-            "lime": lambda: lime(run, doc, target, args.samples),
+            "attention": (attention_scores, (run, doc)),
+            "ig": (integrated_gradients, (run, doc, target, args.ig_steps)),
+            "shap": (kernel_shap, (run, doc, target, args.samples)),
+            "lime": (lime, (run, doc, target, args.samples)),
         }
-        for name, job in jobs.items():
-            result, wall, cpu = timed(job)
+        for name, (fn, fn_args) in jobs.items():
+            result, wall, cpu = timed(fn, *fn_args)
             row[f"{name}_s"], row[f"{name}_cpu_s"] = round(wall, 2), round(cpu, 2)
             if name == "ig":
                 row["ig_rel_completeness_error"] = abs(result[1]) / abs(result[2])

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from ..model import TransformerClassifier
 
 WORD = re.compile(r"\w+|[^\w\s]+")
 """A word: a run of letters and digits, or a run of punctuation."""
+
+
+SPLITS = ("train", "val", "test")
 
 
 class RunError(ValueError):
@@ -71,8 +75,6 @@ def group_into_words(text: str, spans: list[tuple[int, int]]) -> tuple[list[int]
     if not words:
         raise RunError("the text has no words (only spaces or nothing); give a text with words")
     starts = [w[0] for w in words]
-    import bisect
-
     assigned = []
     for start, end in spans:
         best, overlap = None, 0
@@ -154,6 +156,8 @@ class Run:
 
     def test_document(self, index: int, split: str = "test") -> Document:
         """Document ``index`` of a split of the run's data, with its label."""
+        if split not in SPLITS:
+            raise RunError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         texts, labels = self.datamodule.split_texts(split)
         if not 0 <= index < len(texts):
             raise RunError(f"--index {index} is out of range: the {split} split has "
