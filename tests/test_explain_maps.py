@@ -67,6 +67,17 @@ def test_rows_sum_to_one_over_real_keys_and_padding_gets_nothing(name):
         assert weights.min() >= 0
 
 
+@pytest.mark.parametrize("name,options", [("nystrom", {"conv_kernel": 5}),
+                                          ("reformer", {"n_hashes": 3, "bucket_size": 4}),
+                                          ("linformer", {"share_kv": True})])
+def test_map_is_exact_for_other_options(name, options):
+    module = make(name, **options)
+    x, pad, glob = inputs()
+    out, weights = recorded(module, x, pad, glob)
+    rebuilt = module.finish(weights @ module.project_qkv(x)[2], pad)
+    assert torch.allclose(rebuilt[~pad], out[~pad], atol=1e-10)
+
+
 def test_nystrom_rows_sum_to_one_with_an_exact_pseudo_inverse():
     _, weights = recorded(make("nystrom", pinv_iterations=None), *inputs())
     rows = weights[0].sum(-1)
