@@ -38,6 +38,7 @@ class SelfAttention(nn.Module):
     """
 
     backend_name = "base"
+    stochastic_map = True  # attention_weights rows sum to 1 over real keys (False: see there)
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
@@ -108,6 +109,23 @@ class SelfAttention(nn.Module):
         """Per-head attention core: (B, H, N, d) x3 -> (B, H, N, d)."""
         raise NotImplementedError
 
+    def attention_weights(
+        self,
+        q: Tensor,
+        k: Tensor,
+        key_padding_mask: Tensor | None = None,
+        global_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The attention map this backend applies to the values, (B, H, N, N), in eval mode.
+
+        ``q``, ``k`` as :meth:`project_qkv` returns them; for a real query i, ``map[i] @ v``
+        is :meth:`attend`'s output i, and padded keys get weight 0. Backends without an
+        N × N matrix build the one their computation implies (only on request: see
+        ``attention_arena.explain.record_attention``). Default: dense softmax attention.
+        """
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, N, N)
+        return masked_softmax(scores, key_padding_mask)
+
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
 
@@ -132,6 +150,18 @@ class SelfAttention(nn.Module):
         """``options`` (this backend's keyword arguments) adapted to sequences of at most
         ``max_len`` tokens, and one note per change. Default: unchanged."""
         return dict(options), []
+
+
+def masked_softmax(scores: Tensor, key_padding_mask: Tensor | None = None,
+                   allowed: Tensor | None = None) -> Tensor:
+    """Softmax over the last dimension of scores (B, H, N, N) with padded keys
+    (``key_padding_mask`` (B, N)) and, optionally, keys not ``allowed`` (broadcastable bool)
+    given weight 0; a row with no key left is all zeros."""
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
 
 def _divisor_near(n: int, target: int) -> int:

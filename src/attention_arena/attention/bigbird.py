@@ -35,7 +35,7 @@ from ._sparse import (
     pad_keys,
     per_head,
 )
-from .base import SelfAttention
+from .base import SelfAttention, masked_softmax
 from .registry import register_attention
 
 _MASK32 = 0xFFFFFFFF
@@ -156,6 +156,34 @@ def bigbird_attention(
                                   dropout_p)
 
 
+def bigbird_pattern(n: int, heads: int, block_size: int = 64, num_window_blocks: int = 3,
+                    num_random_blocks: int = 3, seed: int = 0,
+                    key_padding_mask: Tensor | None = None, global_mask: Tensor | None = None,
+                    device=None) -> Tensor:
+    """Which keys each query of :func:`bigbird_attention` sees, bool (B, H, N, N) (B = 1
+    without masks); padded keys are left to the caller. For tests and attention maps: O(N²)."""
+    B = 1 if key_padding_mask is None else key_padding_mask.shape[0]
+    w = (num_window_blocks - 1) // 2
+    nb = math.ceil(n / block_size)
+    keep = (torch.ones(B, n, dtype=torch.bool, device=device) if key_padding_mask is None
+            else ~key_padding_mask)
+    if global_mask is not None:
+        global_mask = global_mask & keep
+    key_ok = keep if global_mask is None else keep & ~global_mask
+    i = torch.arange(nb, device=device)
+    blocks = ((i[:, None] - i[None, :]).abs() <= w).expand(B, heads, nb, nb)  # the window
+    if num_random_blocks:
+        block_ok = mask_windows(key_ok, block_size, 0, nb)  # (B, nb, block)
+        idx, ok = random_blocks(seed, heads, nb, num_random_blocks, w, block_ok.any(-1))
+        drawn = torch.zeros(B, heads, nb, nb, dtype=torch.long, device=device)
+        blocks = blocks | drawn.scatter_add_(-1, idx, ok.long()).bool()
+    of = torch.arange(n, device=device) // block_size  # block of every position
+    allowed = blocks[:, :, of][:, :, :, of] & key_ok[:, None, None, :]  # (B, H, N, N)
+    if global_mask is not None:  # global keys for everyone, every real key for global queries
+        allowed = allowed | global_mask[:, None, None, :] | global_mask[:, None, :, None]
+    return allowed
+
+
 @register_attention("bigbird")
 class BigBirdAttention(SelfAttention):
     """Block-sparse attention with window, random and global blocks (BigBird).
@@ -198,6 +226,15 @@ class BigBirdAttention(SelfAttention):
         return bigbird_attention(q, k, v, self.block_size, self.num_window_blocks,
                                  self.num_random_blocks, self.seed, key_padding_mask,
                                  global_mask, dropout_p=p)
+
+    def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
+        """The exact probabilities (B, H, N, N) over this layer's pattern: window blocks, the
+        random blocks of every head, the columns of the global tokens, and full rows for them."""
+        allowed = bigbird_pattern(q.shape[2], q.shape[1], self.block_size, self.num_window_blocks,
+                                  self.num_random_blocks, self.seed, key_padding_mask,
+                                  global_mask, q.device)
+        return masked_softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, key_padding_mask,
+                              allowed)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, block_size={self.block_size}, "

@@ -52,6 +52,15 @@ class LinearAttention(SelfAttention):
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
         return linear_attention(q, k, v, key_padding_mask)
 
+    def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
+        """The implied map φ(qᵢ)·φ(kⱼ) / Σⱼ φ(qᵢ)·φ(kⱼ) over real keys, (B, H, N, N)."""
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        fq, fk = elu_features(q.to(dtype)), elu_features(k.to(dtype))
+        if key_padding_mask is not None:
+            fk = fk.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+        kernel = fq @ fk.transpose(-1, -2)  # (B, H, N, N)
+        return kernel / kernel.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+
     def attention_flops(self, seq_len: int, batch: int = 1) -> float:
         """``φ(K)ᵀV``, ``φ(Q)(φ(K)ᵀV)`` and the normaliser ``φ(Q)Σφ(K)``:
         ``2 · 2·B·H·N·d·(d + 1)`` (φ itself and the sum of φ(K) not counted)."""

@@ -62,6 +62,8 @@ class LinformerAttention(SelfAttention):
     (mathematically identical to :func:`linformer_attention`, with less work).
     """
 
+    stochastic_map = False  # the implied map: see attention_weights
+
     def __init__(self, embed_dim: int, num_heads: int, k: int = 256, max_len: int = 4096,
                  share_kv: bool = False, init: str = "pool", dropout: float = 0.0,
                  bias: bool = True):
@@ -107,6 +109,29 @@ class LinformerAttention(SelfAttention):
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.finish(out, key_padding_mask)
+
+    def projected_attention_weights(self, q: Tensor, k: Tensor,
+                                    key_padding_mask: Tensor | None = None) -> Tensor:
+        """softmax(Q (Eᵀ K)ᵀ / √d): the weights (B, H, N, k) over the k projected keys, from
+        ``q``, ``k`` (B, H, N, d) as :meth:`project_qkv` returns them (padded keys zeroed)."""
+        N = k.shape[2]
+        if key_padding_mask is not None:
+            k = k * ~key_padding_mask[:, None, :, None]
+        k = torch.einsum("bhnd,nk->bhkd", k, self.proj_k[:N].to(k.dtype))  # (B, H, k, d)
+        return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+
+    def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
+        """The implied map P Fᵀ (B, H, N, N) through the value projection F (E if
+        ``share_kv``), P = :meth:`projected_attention_weights`; padded keys' columns are 0.
+
+        Exact (map @ V is the output), but F is learned: its columns need not sum to 1 or be
+        positive, so neither need the rows of this map (they sum to P Fᵀ 1)."""
+        N = k.shape[2]
+        f = self.proj_k if self.proj_v is None else self.proj_v
+        implied = self.projected_attention_weights(q, k, key_padding_mask) @ f[:N].T.to(q.dtype)
+        if key_padding_mask is not None:
+            implied = implied.masked_fill(key_padding_mask[:, None, None, :], 0.0)
+        return implied
 
     @staticmethod
     def _linear(pooled: Tensor, counts: Tensor, linear: nn.Linear) -> Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._sparse import block_sparse_attention, key_windows, mask_windows, pad_keys, per_head
-from .base import SelfAttention
+from .base import SelfAttention, masked_softmax
 from .full import full_attention
 from .registry import register_attention
 
@@ -81,6 +81,19 @@ def _dense_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Tens
                                           dropout_p=dropout_p)
 
 
+def band_pattern(n: int, half: int, global_mask: Tensor | None = None,
+                 key_padding_mask: Tensor | None = None, device=None) -> Tensor:
+    """Which keys each query sees, bool (B, N, N) (B = 1 without masks): the band
+    |i - j| <= ``half``, plus every row and column of a real global token."""
+    i = torch.arange(n, device=device)
+    allowed = ((i[:, None] - i[None, :]).abs() <= half)[None]  # (1, N, N)
+    if global_mask is not None:
+        if key_padding_mask is not None:
+            global_mask = global_mask & ~key_padding_mask  # only real tokens are global
+        allowed = allowed | global_mask[:, None, :] | global_mask[:, :, None]
+    return allowed
+
+
 def _blocked_band_attention(q: Tensor, k: Tensor, v: Tensor, half: int, keep: Tensor,
                             global_mask: Tensor | None, dropout_p: float, block: int) -> Tensor:
     """The band in blocks of ``block`` queries against their 2r + 1 neighbouring key blocks.
@@ -131,6 +144,13 @@ class LongformerAttention(SelfAttention):
         p = self.dropout if self.training else 0.0
         return sliding_window_attention(q, k, v, self.window, key_padding_mask, global_mask,
                                         dropout_p=p, block=self.block)
+
+    def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
+        """The exact probabilities (B, H, N, N): zero outside the band |i - j| <= window / 2,
+        except in the rows and columns of the (real) global tokens."""
+        return masked_softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, key_padding_mask,
+                              allowed=band_pattern(q.shape[2], self.window // 2, global_mask,
+                                                   key_padding_mask, q.device)[:, None])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}"

@@ -78,43 +78,56 @@ def nystrom_attention(
     Computed in fp32 (fp64 stays fp64) with autocast off: the pseudo-inverse iteration is not
     stable in half precision.
     """
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        kernel_1, pinv, kernel_3 = nystrom_kernels(q, k, num_landmarks, pinv_iterations,
+                                                   key_padding_mask)
+        out = kernel_1 @ (pinv @ (kernel_3 @ v.to(kernel_1.dtype)))  # (B, H, N, d), never N × N
+    return out.to(v.dtype)
+
+
+def nystrom_kernels(
+    q: Tensor,
+    k: Tensor,
+    num_landmarks: int,
+    pinv_iterations: int | None = 6,
+    key_padding_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three factors of :func:`nystrom_attention` (arguments alike), in fp32 at least:
+    softmax(Q K̃ᵀ/√d) (B, H, N, m), A⁺ (B, H, m, m) and softmax(Q̃ Kᵀ/√d) (B, H, m, N)."""
     B, H, N, d = q.shape
     m = min(num_landmarks, N)  # more would only add empty landmarks (see the module docstring)
     dtype = torch.promote_types(q.dtype, torch.float32)
     scale = d**-0.5  # applied to the m landmarks, not to the N queries
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        neg = torch.finfo(dtype).min  # finite: a row with every entry masked stays finite
-        if key_padding_mask is None and N % m == 0:  # equal segments: plain means
-            q_land = q.unflatten(2, (m, N // m)).mean(3) * scale  # (B, H, m, d)
-            k_land = k.unflatten(2, (m, N // m)).mean(3)
-            kernel_1 = torch.softmax(q @ (k_land * scale).transpose(-1, -2), -1)  # (B, H, N, m)
-            kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), -1)  # (B, H, m, m)
-            kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2), -1)  # (B, H, m, N)
-        else:
-            keep = torch.ones(B, N, dtype=torch.bool, device=q.device)
-            if key_padding_mask is not None:
-                keep = ~key_padding_mask
-            segment = landmark_segments(keep, m)
-            q_land, counts = landmark_means(q, segment, m)
-            q_land = q_land * scale
-            k_land, _ = landmark_means(k, segment, m)
-            used = (counts > 0)[:, None, None, :]  # (B, 1, 1, m): landmarks with a token
-            scores_1 = q @ (k_land * scale).transpose(-1, -2)
-            kernel_1 = torch.softmax(scores_1.masked_fill(~used, neg), -1)
-            kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~used, neg),
-                                     -1)
-            # empty landmarks: identity rows, so A = blockdiag(A_real, I) up to a permutation
-            eye = torch.eye(m, dtype=torch.bool, device=q.device)
-            kernel_2 = torch.where(used.transpose(-1, -2), kernel_2, eye.to(dtype))
-            scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~keep[:, None, None, :], neg)
-            kernel_3 = torch.softmax(scores_3, -1)
-        if pinv_iterations is None:
-            pinv = torch.linalg.pinv(kernel_2)
-        else:
-            pinv = iterative_pinv(kernel_2, pinv_iterations)
-        out = kernel_1 @ (pinv @ (kernel_3 @ v))  # (B, H, N, d), never N × N
-    return out.to(v.dtype)
+    q, k = q.to(dtype), k.to(dtype)
+    neg = torch.finfo(dtype).min  # finite: a row with every entry masked stays finite
+    if key_padding_mask is None and N % m == 0:  # equal segments: plain means
+        q_land = q.unflatten(2, (m, N // m)).mean(3) * scale  # (B, H, m, d)
+        k_land = k.unflatten(2, (m, N // m)).mean(3)
+        kernel_1 = torch.softmax(q @ (k_land * scale).transpose(-1, -2), -1)  # (B, H, N, m)
+        kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), -1)  # (B, H, m, m)
+        kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2), -1)  # (B, H, m, N)
+    else:
+        keep = torch.ones(B, N, dtype=torch.bool, device=q.device)
+        if key_padding_mask is not None:
+            keep = ~key_padding_mask
+        segment = landmark_segments(keep, m)
+        q_land, counts = landmark_means(q, segment, m)
+        q_land = q_land * scale
+        k_land, _ = landmark_means(k, segment, m)
+        used = (counts > 0)[:, None, None, :]  # (B, 1, 1, m): landmarks with a token
+        scores_1 = q @ (k_land * scale).transpose(-1, -2)
+        kernel_1 = torch.softmax(scores_1.masked_fill(~used, neg), -1)
+        kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~used, neg), -1)
+        # empty landmarks: identity rows, so A = blockdiag(A_real, I) up to a permutation
+        eye = torch.eye(m, dtype=torch.bool, device=q.device)
+        kernel_2 = torch.where(used.transpose(-1, -2), kernel_2, eye.to(dtype))
+        scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~keep[:, None, None, :], neg)
+        kernel_3 = torch.softmax(scores_3, -1)
+    if pinv_iterations is None:
+        pinv = torch.linalg.pinv(kernel_2)
+    else:
+        pinv = iterative_pinv(kernel_2, pinv_iterations)
+    return kernel_1, pinv, kernel_3
 
 
 @register_attention("nystrom")
@@ -132,6 +145,8 @@ class NystromAttention(SelfAttention):
     Every token attends to every other (approximately), so ``global_mask`` is accepted and
     ignored. There is no attention matrix, so ``dropout`` is not applied here.
     """
+
+    stochastic_map = False  # the implied map: see attention_weights
 
     def __init__(self, embed_dim: int, num_heads: int, num_landmarks: int = 64,
                  pinv_iterations: int | None = 6, conv_kernel: int | None = None,
@@ -164,6 +179,27 @@ class NystromAttention(SelfAttention):
                 v = v.masked_fill(key_padding_mask[:, None, :, None], 0.0)
             out = out + self.conv(v)
         return out
+
+    @torch.no_grad()
+    def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
+        """The implied map softmax(Q K̃ᵀ/√d) A⁺ softmax(Q̃ Kᵀ/√d) (B, H, N, N), plus the banded
+        matrix of the convolution if ``conv_kernel`` is set. Exact (map @ V is the output) but
+        not a probability matrix: A⁺ may have negative entries, its rows sum to 1 only up to
+        the iterative pseudo-inverse's error, and the convolution adds its own weights."""
+        kernel_1, pinv, kernel_3 = nystrom_kernels(q, k, self.num_landmarks,
+                                                   self.pinv_iterations, key_padding_mask)
+        implied = kernel_1 @ pinv @ kernel_3
+        if self.conv is not None:  # out[n] += Σₜ w[t] v[n + t - K//2]: a band per head
+            N, half = q.shape[2], self.conv_kernel // 2
+            i = torch.arange(N, device=q.device)
+            offset = i[None, :] - i[:, None] + half  # (N, N): t
+            inside = (offset >= 0) & (offset < self.conv_kernel)
+            w = self.conv.weight[:, 0, :, 0].to(implied.dtype)  # (H, K)
+            band = w[:, offset.clamp(0, self.conv_kernel - 1)] * inside  # (H, N, N)
+            if key_padding_mask is not None:
+                band = band * ~key_padding_mask[:, None, None, :]
+            implied = implied + band
+        return implied
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_landmarks={self.num_landmarks}, "

@@ -180,6 +180,18 @@ class PerformerAttention(SelfAttention):
             self.calls += 1
         return favor_attention(q, k, v, self.projection, key_padding_mask, eps=self.eps)
 
+    @torch.no_grad()
+    def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
+        """The implied map φ(qᵢ)·φ(kⱼ) / Σⱼ φ(qᵢ)·φ(kⱼ) (B, H, N, N) with the current features:
+        φ as in :func:`favor_attention` (ε included, φ = 0 at padded keys)."""
+        keep = None if key_padding_mask is None else ~key_padding_mask
+        fq = _positive_features(q, self.projection, None, per_row=True) + self.eps
+        fk = _positive_features(k, self.projection, keep, per_row=False) + self.eps
+        if keep is not None:
+            fk = fk * keep[:, None, :, None]
+        kernel = fq @ fk.transpose(-1, -2)  # (B, H, N, N)
+        return kernel / kernel.sum(-1, keepdim=True).clamp_min(1e-30)
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_features={self.num_features}, "
                 f"redraw_interval={self.redraw_interval}")

@@ -145,6 +145,65 @@ class _ChunkedAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None
 
 
+def lsh_pattern(qk: Tensor, rotations: Tensor, n_buckets: Tensor, keep: Tensor,
+                bucket_size: int) -> tuple[Tensor, Tensor]:
+    """Who attends to whom in every round, for qk (B, H, Np, d) with Np a multiple of
+    ``bucket_size`` = c and ``keep`` (B, Np) True = real token: (order, blocked).
+
+    ``order`` (B, H, R, Np): each round's positions sorted by bucket (stable); ``blocked``
+    (B, H, R, C, c, 2c) bool: sorted query s of chunk i may not use key t of chunks i - 1, i
+    (another bucket, padding, or itself unless it has no other key)."""
+    B, H, Np, _ = qk.shape
+    R, c = rotations.shape[0], bucket_size
+    C = Np // c
+    buckets = lsh_buckets(qk, rotations, n_buckets)  # (B, H, R, Np)
+    never = int(n_buckets.max())  # padding's bucket: after every real one
+    buckets = buckets.masked_fill(~keep[:, None, None, :], never)
+    buckets, order = buckets.sort(dim=-1, stable=True)  # order: positions, sorted
+    b_q = buckets.view(B, H, R, C, c)
+    b_k = _look_back(b_q, fill=-1)  # (B, H, R, C, 2c)
+    pos_q = order.view(B, H, R, C, c)
+    pos_k = _look_back(pos_q, fill=-1)
+    # blocked: another bucket, padding, or itself ...
+    itself = pos_q[..., :, None] == pos_k[..., None, :]  # (B, H, R, C, c, 2c)
+    blocked = ((b_q[..., :, None] != b_k[..., None, :]) | (b_k == never)[..., None, :]
+               | itself)
+    # ... but a token with no other key attends to itself
+    blocked &= ~(itself & blocked.all(-1, keepdim=True))
+    return order, blocked
+
+
+def lsh_attention_weights(qk: Tensor, rotations: Tensor, bucket_size: int,
+                          key_padding_mask: Tensor | None = None) -> Tensor:
+    """The map (B, H, N, N) that :func:`lsh_attention` (same arguments) applies to the values:
+    one softmax of qᵢ·k̂ⱼ/√d over every round's keys, key j counted once per round that
+    gives it to query i. O(N²): for inspection."""
+    B, H, N, d = qk.shape
+    c = bucket_size
+    Np = math.ceil(N / c) * c
+    keep = torch.ones(B, N, dtype=torch.bool, device=qk.device)
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask
+    n_buckets = num_buckets(keep.sum(-1), c)
+    qk = qk.to(torch.promote_types(qk.dtype, torch.float32))
+    qk_p, keep_p = F.pad(qk, (0, 0, 0, Np - N)), F.pad(keep, (0, Np - N), value=False)
+    order, blocked = lsh_pattern(qk_p, rotations, n_buckets, keep_p, c)
+    R, C = order.shape[2], Np // c
+    pos_q = order.view(B, H, R, C, c, 1).expand(-1, -1, -1, -1, -1, 2 * c)
+    pos_k = _look_back(order.view(B, H, R, C, c), fill=-1)[..., None, :].expand_as(pos_q)
+    use = ~blocked & (pos_q < N)  # positions Np > N are never queries
+    b = torch.arange(B, device=qk.device).view(B, 1, 1, 1, 1, 1).expand_as(use)[use]
+    h = torch.arange(H, device=qk.device).view(1, H, 1, 1, 1, 1).expand_as(use)[use]
+    counts = torch.zeros(B, H, N, N, dtype=qk.dtype, device=qk.device)
+    counts.index_put_((b, h, pos_q[use], pos_k[use]), torch.ones_like(b, dtype=qk.dtype),
+                      accumulate=True)  # (B, H, N, N): rounds in which i sees j
+    keys = qk / qk.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    scores = qk @ keys.transpose(-1, -2) * d**-0.5
+    scores = scores - scores.amax(-1, keepdim=True)
+    weights = counts * scores.exp()
+    return weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(qk.dtype).tiny)
+
+
 def lsh_attention(
     qk: Tensor,
     v: Tensor,
@@ -178,20 +237,7 @@ def lsh_attention(
             keep = F.pad(keep, (0, Np - N), value=False)
 
         with torch.no_grad():  # the hashing, sorting and masks carry no gradient
-            buckets = lsh_buckets(qk, rotations, n_buckets)  # (B, H, R, Np)
-            never = int(n_buckets.max())  # padding's bucket: after every real one
-            buckets = buckets.masked_fill(~keep[:, None, None, :], never)
-            buckets, order = buckets.sort(dim=-1, stable=True)  # order: positions, sorted
-            b_q = buckets.view(B, H, R, C, c)
-            b_k = _look_back(b_q, fill=-1)  # (B, H, R, C, 2c)
-            pos_q = order.view(B, H, R, C, c)
-            pos_k = _look_back(pos_q, fill=-1)
-            # blocked: another bucket, padding, or itself ...
-            itself = pos_q[..., :, None] == pos_k[..., None, :]  # (B, H, R, C, c, 2c)
-            blocked = ((b_q[..., :, None] != b_k[..., None, :]) | (b_k == never)[..., None, :]
-                       | itself)
-            # ... but a token with no other key attends to itself
-            blocked &= ~(itself & blocked.all(-1, keepdim=True))
+            order, blocked = lsh_pattern(qk, rotations, n_buckets, keep, c)
             # rows of (B·H·Np, d) in each round's sorted order, and of (B·H·R·Np, d) back
             arange = torch.arange(B * H * R, device=qk.device).view(B, H, R, 1)
             sort_rows = (order + arange // R * Np).flatten()
@@ -288,6 +334,16 @@ class ReformerAttention(SelfAttention):
         if self.training:
             self.calls += 1
         return lsh_attention(q, v, rotations, self.bucket_size, key_padding_mask)
+
+    def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
+        """The bucketed pattern's map (B, H, N, N) for the current rotations (eval: draw 0);
+        see :func:`lsh_attention_weights`."""
+        lengths = torch.full((q.shape[0],), q.shape[2], device=q.device)
+        if key_padding_mask is not None:
+            lengths = (~key_padding_mask).sum(-1)
+        n_half = int(num_buckets(lengths, self.bucket_size).max()) // 2
+        return lsh_attention_weights(q, self.rotations(n_half, q.device), self.bucket_size,
+                                     key_padding_mask)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, n_hashes={self.n_hashes}, "

@@ -70,6 +70,11 @@ class Tokenizer:
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         raise NotImplementedError
 
+    def char_spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets into ``text`` of every id of its encoding after CLS
+        (pieces of one character share its span); for grouping tokens into words."""
+        raise NotImplementedError(f"the {self.name} tokenizer does not report character spans")
+
     def to_dict(self) -> dict[str, Any]:
         """What :func:`save_tokenizer` writes (``name`` plus any trained state)."""
         return {"name": self.name}
@@ -92,6 +97,10 @@ class ByteTokenizer(Tokenizer):
         """Decode ids to text, skipping special ids; a cut multi-byte character becomes U+FFFD."""
         data = bytes(int(i) - self.offset for i in ids if int(i) >= self.offset)
         return data.decode("utf-8", errors="replace")
+
+    def char_spans(self, text: str) -> list[tuple[int, int]]:
+        """One span per byte: the character the byte belongs to."""
+        return [(i, i + 1) for i, ch in enumerate(text) for _ in ch.encode("utf-8")]
 
 
 LISTOPS_TOKENS = ("[PAD]", "[CLS]", *map(str, range(10)), "[MIN", "[MAX", "[MED", "[SM", "]")
@@ -121,6 +130,11 @@ class ListOpsTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Decode ids back to a space-separated expression, skipping PAD and CLS."""
         return " ".join(LISTOPS_TOKENS[int(i)] for i in ids if int(i) > CLS_ID)
+
+    def char_spans(self, text: str) -> list[tuple[int, int]]:
+        import re
+
+        return [m.span() for m in re.finditer(r"\S+", text) if m.group() not in ("(", ")")]
 
 
 class BPETokenizer(Tokenizer):
@@ -172,6 +186,10 @@ class BPETokenizer(Tokenizer):
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Decode ids to text, skipping PAD and CLS."""
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def char_spans(self, text: str) -> list[tuple[int, int]]:
+        """The offsets ``tokenizers`` reports (a token's leading space included)."""
+        return list(self.hf.encode(text, add_special_tokens=False).offsets)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "hf": json.loads(self.hf.to_str())}
