@@ -59,7 +59,7 @@ def finetune(model: torch.nn.Module, run: Run, datamodule, epochs: int,
     module = ArenaClassifier(run.model_args["vocab_size"], run.model_args["num_classes"],
                              model=run.hparams["model"], attention=run.hparams["attention"],
                              **optim)
-    module.model = model
+    module.model = model.train()  # Lightning keeps the modes it finds (dropout on)
     pl.seed_everything(int(run.cfg.seed), workers=True)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
