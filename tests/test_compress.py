@@ -301,6 +301,7 @@ def test_load_compressed_rejects_other_files(tmp_path):
     ("int8", Variant("int8", dtype=INT8_DEFAULT)),
     ("heads50+int8_torchao", Variant("heads50+int8_torchao", heads=0.5, dtype="int8_torchao")),
     ("prune70", Variant("prune70", magnitude=0.7)),
+    ("heads50+ft1+int8", Variant("heads50+ft1+int8", heads=0.5, dtype=INT8_DEFAULT, finetune=1)),
 ])
 def test_parse_variant(name, expected):
     assert parse_variant(name) == expected
@@ -309,7 +310,8 @@ def test_parse_variant(name, expected):
 @pytest.mark.parametrize("name,match", [("int4", "unknown variant step"),
                                         ("bf16+int8", "two number formats"),
                                         ("prune30+prune50", "two prune steps"),
-                                        ("heads0", "prunes nothing")])
+                                        ("heads0", "prunes nothing"),
+                                        ("bf16+ft1", "prunes nothing")])
 def test_parse_variant_errors(name, match):
     with pytest.raises(ValueError, match=match):
         parse_variant(name)
@@ -371,12 +373,13 @@ def test_arena_compress_on_a_tiny_run(tiny_run, tmp_path):
     assert code == 0
     data = json.loads((out / "compress.json").read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    assert list(rows) == ["fp32", "int8", "heads50"]
+    assert list(rows) == ["fp32", "int8", "heads50+ft1"]  # --finetune-epochs: pruned ones
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert rows["fp32"]["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-6)
-    assert rows["heads50"]["finetune_epochs"] == 1 and rows["int8"]["finetune_epochs"] == 0
-    assert rows["heads50"]["heads_kept"] and all(len(k) == 2 for k in rows["heads50"]["heads_kept"])
-    assert rows["heads50"]["params"] < rows["fp32"]["params"]
+    heads = rows["heads50+ft1"]
+    assert heads["finetune_epochs"] == 1 and rows["int8"]["finetune_epochs"] == 0
+    assert heads["heads_kept"] and all(len(k) == 2 for k in heads["heads_kept"])
+    assert heads["params"] < rows["fp32"]["params"]
     assert rows["int8"]["size_vs_fp32"] < 0.5
     for r in rows.values():  # 4 x the run's 256 tokens: sinusoidal positions are extended
         assert r["ms_b1"] > 0 and r["ms_batch_long"] > 0 and r["peak_mb"] > 0

@@ -22,6 +22,7 @@ from .recipes import (
     make_permanent,
     parse_variant,
     prune_heads,
+    prune_variant,
     save_compressed,
     sparsity,
 )
@@ -31,5 +32,6 @@ __all__ = [
     "DEFAULT_VARIANTS", "DTYPES", "INT8_DEFAULT", "Run", "RunError", "Variant", "apply_variant",
     "compress_run", "convert_dtype", "finetune", "head_importance", "load_compressed",
     "load_run", "magnitude_prune", "main", "make_permanent", "parse_variant", "prune_heads",
+    "prune_variant",
     "save_compressed", "sparsity",
 ]

@@ -33,9 +33,10 @@ from .measure import (
 from .recipes import (
     IMPORTANCE,
     Variant,
-    apply_variant,
+    convert_dtype,
     head_importance,
     parse_variant,
+    prune_variant,
     save_compressed,
 )
 from .report import write_report
@@ -96,6 +97,9 @@ def compress_run(run_dir: str | Path, variants: str | list[str] = DEFAULT_VARIAN
     measured first: the reference of every ratio and paired test."""
     names = variants.split(",") if isinstance(variants, str) else list(variants)
     parsed = [parse_variant(n) for n in names if n.strip()]
+    if finetune_epochs:  # the default fine-tune of pruned variants that name none
+        parsed = [parse_variant(f"{v.name}+ft{finetune_epochs}")
+                  if v.pruned and not v.finetune else v for v in parsed]
     parsed = [Variant("fp32"), *[v for v in parsed if v.name != "fp32"]]
     if len({v.name for v in parsed}) != len(parsed):
         raise ValueError(f"variants listed twice in {names}")
@@ -126,16 +130,22 @@ def compress_run(run_dir: str | Path, variants: str | list[str] = DEFAULT_VARIAN
         "cpu": _cpu_name(), "load_before": _load(), "test_docs": len(dm.splits["test"]),
         "head_importance": importance, "finetune_epochs": finetune_epochs,
     }
-    if finetune_epochs:
-        meta["finetune"] = (f"Pruned variants were fine-tuned for {finetune_epochs} epoch(s) on "
-                            f"the training split before their number format was applied.")
+    if any(v.finetune for v in parsed):
+        lr = finetune_lr if finetune_lr is not None else float(run.cfg.optim.lr) / 10
+        meta["finetune"] = (f"`ft<N>`: fine-tuned N epochs on the training split after pruning "
+                            f"(peak lr {lr:g}, the run's other training settings), before the "
+                            "number format was applied.")
     reference = run.load_model()
     scores: torch.Tensor | None = None  # head importance, computed once on the fp32 model
+    pruned: dict[tuple, tuple[torch.nn.Module, dict[str, Any]]] = {}  # by Variant.structure
     rows: list[dict[str, Any]] = []
     models: dict[str, torch.nn.Module] = {}
+
+    def tune(model, epochs: int) -> None:
+        finetune(model, run, dm, epochs, finetune_lr)
+
     for variant in parsed:  # build, score and save every variant
         start = time.perf_counter()
-        model = copy.deepcopy(reference)
         if variant.heads is not None and scores is None:
             batches = []
             for i, b in enumerate(dm.train_dataloader()):
@@ -144,14 +154,15 @@ def compress_run(run_dir: str | Path, variants: str | list[str] = DEFAULT_VARIAN
                 batches.append(b)
             scores = head_importance(reference, importance, batches)
             meta["head_importance_scores"] = scores.tolist()
-
-        def tune(m):
-            finetune(m, run, dm, finetune_epochs, finetune_lr)
-
-        recipe = apply_variant(model, variant, scores, tune if finetune_epochs else None)
+        if variant.structure not in pruned:  # prune (and fine-tune) once per structure
+            model = copy.deepcopy(reference)
+            pruned[variant.structure] = model, prune_variant(model, variant, scores, tune)
+        model, counts = pruned[variant.structure]
+        model = convert_dtype(copy.deepcopy(model), variant.dtype)
+        recipe = {"variant": variant.name, "dtype": variant.dtype, **counts}
         row = score_variant(model, variant, recipe, run, test_loader, out,
                             rows[0] if rows else None, save=save)
-        row["finetune_epochs"] = finetune_epochs if variant.pruned else 0
+        row["finetune_epochs"] = variant.finetune
         rows.append(row)
         models[variant.name] = model
         log(f"[compress] {variant.name}: test acc {100 * row['test_acc']:.1f}%, "
@@ -244,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help="comma-separated variants; each is '+'-joined steps: fp32, bf16, int8 "
                         "(= int8_dynamic), int8_dynamic, int8_torchao, prune<P>, heads<P>, "
-                        "e.g. heads50+int8 (default: %(default)s; fp32 is always measured)")
+                        "ft<N> (fine-tune N epochs after pruning), e.g. heads50+ft1+int8 "
+                        "(default: %(default)s; fp32 is always measured)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/compress)")
     p.add_argument("--checkpoint", default="best", help="best (default), last or a .ckpt path")
     p.add_argument("--threads", type=int, default=None,
@@ -255,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per cell (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     p.add_argument("--finetune-epochs", type=int, default=0,
-                   help="fine-tune pruned variants this many epochs on the training split")
+                   help="fine-tune every pruned variant without an ft<N> step this many epochs "
+                        "on the training split (default 0; a variant's own ft<N> wins)")
     p.add_argument("--finetune-lr", type=float, default=None,
                    help="peak learning rate of the fine-tune (default: the run's optim.lr / 10)")
     p.add_argument("--head-importance", choices=IMPORTANCE, default="gradient",

@@ -8,9 +8,11 @@ A *variant* is named by ``+``-joined steps (``heads50+int8``), applied in this o
    (:meth:`~attention_arena.attention.SelfAttention.prune_heads`);
 2. ``prune<P>``: global magnitude pruning: the P% smallest-magnitude weights of all Linear layers
    of the Transformer blocks (attention projections and MLPs; not the embeddings, LayerNorms or
-   the classifier) are zeroed, by ``torch.nn.utils.prune.global_unstructured``, and made
-   permanent with ``prune.remove``; the tensors stay dense;
-3. one number format: ``fp32`` (as trained), ``bf16`` (every weight in bfloat16), ``int8``
+   the classifier) are zeroed, by ``torch.nn.utils.prune.global_unstructured``; the tensors
+   stay dense;
+3. ``ft<N>``: fine-tune N epochs on the training split (pruning masks kept, so pruned weights
+   stay zero), before the masks are made permanent;
+4. one number format: ``fp32`` (as trained), ``bf16`` (every weight in bfloat16), ``int8``
    (:data:`INT8_DEFAULT`), ``int8_dynamic`` (``torch.ao.quantization.quantize_dynamic``, per-channel
    int8 weights, activations quantized on the fly) or ``int8_torchao`` (torchao's
    ``quantize_(model, Int8DynamicActivationInt8WeightConfig())``). int8 covers every
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,25 +55,39 @@ FORMAT = "attention-arena-compressed/1"
 @dataclass(frozen=True)
 class Variant:
     """One way to compress: ``heads`` / ``magnitude`` = fraction of heads per layer / of block
-    weights removed (None = not pruned), and a number format ``dtype`` (:data:`DTYPES`)."""
+    weights removed (None = not pruned), ``finetune`` epochs after pruning, and a number format
+    ``dtype`` (:data:`DTYPES`)."""
 
     name: str
     heads: float | None = None
     magnitude: float | None = None
     dtype: str = "fp32"
+    finetune: int = 0
 
     @property
     def pruned(self) -> bool:
         return self.heads is not None or self.magnitude is not None
+
+    @property
+    def structure(self) -> tuple:
+        """What the variant is before its number format (variants that share it share the
+        pruned, fine-tuned model)."""
+        return self.heads, self.magnitude, self.finetune
 
 
 def parse_variant(name: str) -> Variant:
     """``"heads50+int8"`` -> ``Variant(heads=0.5, dtype="int8_dynamic")``; a clear error for an
     unknown step or two steps of one kind."""
     heads = magnitude = dtype = None
+    finetune = 0
     for step in name.strip().split("+"):
         match = re.fullmatch(r"(heads|prune)(\d{1,2})", step)
-        if match:
+        epochs = re.fullmatch(r"ft(\d+)", step)
+        if epochs:
+            if finetune:
+                raise ValueError(f"variant {name!r} has two ft steps; keep one")
+            finetune = int(epochs[1])
+        elif match:
             kind, fraction = match[1], int(match[2]) / 100
             if fraction <= 0:
                 raise ValueError(f"variant {name!r}: {step} prunes nothing; use 1..99")
@@ -89,8 +105,12 @@ def parse_variant(name: str) -> Variant:
         else:
             raise ValueError(f"unknown variant step {step!r} in {name!r}; valid steps: "
                              f"{', '.join(DTYPES)}, int8 (= {INT8_DEFAULT}), prune<P>, heads<P> "
-                             "(P = percent removed, 1..99), joined by '+', e.g. heads50+int8")
-    return Variant(name.strip(), heads, magnitude, dtype or "fp32")
+                             "(P = percent removed, 1..99), ft<N> (fine-tune N epochs after "
+                             "pruning), joined by '+', e.g. heads50+ft1+int8")
+    if finetune and heads is None and magnitude is None:
+        raise ValueError(f"variant {name!r}: ft{finetune} fine-tunes after pruning, but the "
+                         "variant prunes nothing; add heads<P> or prune<P>")
+    return Variant(name.strip(), heads, magnitude, dtype or "fp32", finetune)
 
 
 # --- structured head pruning ------------------------------------------------------------------
@@ -229,28 +249,45 @@ def convert_dtype(model: TransformerClassifier, dtype: str) -> TransformerClassi
     raise ValueError(f"unknown number format {dtype!r}; valid: {', '.join(DTYPES)}")
 
 
-def apply_variant(model: TransformerClassifier, variant: Variant, importance: Tensor | None = None,
-                  finetune=None) -> dict[str, Any]:
-    """Compress ``model`` (fp32, eval) in place as ``variant`` says. Returns the recipe that
-    :func:`save_compressed` records (``variant``, ``dtype``, ``heads_kept``: the kept heads of
-    each layer or None) and, counted before the number format is applied, ``params``,
+def prune_variant(model: TransformerClassifier, variant: Variant,
+                  importance: Tensor | None = None,
+                  finetune: Callable[[TransformerClassifier, int], None] | None = None
+                  ) -> dict[str, Any]:
+    """The pruning steps of ``variant`` on ``model`` (fp32, eval), in place: heads, magnitude,
+    then ``finetune(model, epochs)`` if the variant asks for epochs, then the masks made
+    permanent. Returns ``heads_kept`` (the kept heads of each layer, or None), ``params``,
     ``nonzero_params`` and the block weights' ``sparsity``. ``importance`` (L, H) is needed for
-    head pruning; ``finetune(model)``, if given, runs after pruning, before the number format."""
-    recipe: dict[str, Any] = {"variant": variant.name, "dtype": variant.dtype, "heads_kept": None}
+    head pruning."""
+    heads_kept = None
     if variant.heads is not None:
         if importance is None:
             raise ValueError(f"variant {variant.name}: head pruning needs the head importance")
-        recipe["heads_kept"] = prune_heads(model, variant.heads, importance)
+        heads_kept = prune_heads(model, variant.heads, importance)
     if variant.magnitude is not None:
         magnitude_prune(model, variant.magnitude)
-    if finetune is not None and variant.pruned:
-        finetune(model)
+    if variant.finetune:
+        if finetune is None:
+            raise ValueError(f"variant {variant.name} asks for a fine-tune but no fine-tuning "
+                             "function was given")
+        finetune(model, variant.finetune)
     make_permanent(model)
+    model.eval()
     params = list(model.parameters())
-    recipe.update(params=sum(p.numel() for p in params),
-                  nonzero_params=sum(int((p != 0).sum()) for p in params),
-                  sparsity=sparsity(model))
-    convert_dtype(model.eval(), variant.dtype)
+    return {"heads_kept": heads_kept, "params": sum(p.numel() for p in params),
+            "nonzero_params": sum(int((p != 0).sum()) for p in params),
+            "sparsity": sparsity(model)}
+
+
+def apply_variant(model: TransformerClassifier, variant: Variant,
+                  importance: Tensor | None = None,
+                  finetune: Callable[[TransformerClassifier, int], None] | None = None
+                  ) -> dict[str, Any]:
+    """Compress ``model`` (fp32, eval) in place as ``variant`` says: :func:`prune_variant`,
+    then :func:`convert_dtype`. Returns the recipe that :func:`save_compressed` records
+    (``variant``, ``dtype``, ``heads_kept``) with the counts of :func:`prune_variant`."""
+    recipe = {"variant": variant.name, "dtype": variant.dtype,
+              **prune_variant(model, variant, importance, finetune)}
+    convert_dtype(model, variant.dtype)
     return recipe
 
 
