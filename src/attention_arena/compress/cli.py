@@ -71,6 +71,14 @@ def finetune(model: torch.nn.Module, run: Run, datamodule, epochs: int,
     model.eval()
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it lies below it (as typed)."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -120,7 +128,7 @@ def compress_run(run_dir: str | Path, variants: str | list[str] = DEFAULT_VARIAN
     L = run.max_length
     long = L * long_factor
     meta: dict[str, Any] = {
-        "run_dir": str(run.run_dir), "checkpoint": run.checkpoint.name,
+        "run_dir": _shown(run.run_dir), "checkpoint": run.checkpoint.name,
         "attention": run.hparams["attention"]["name"],
         "model": ", ".join(f"{k}={v}" for k, v in run.hparams["model"].items()
                            if k in ("embed_dim", "num_heads", "ff_dim", "num_layers",
