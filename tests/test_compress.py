@@ -24,6 +24,7 @@ from attention_arena.compress import (
     make_permanent,
     parse_variant,
     prune_heads,
+    prune_variant,
     save_compressed,
     sparsity,
 )
@@ -237,6 +238,33 @@ def test_magnitude_pruning_zeroes_the_smallest_weights_permanently():
     assert old[new == 0].abs().max() <= old[new != 0].abs().min()
     assert torch.equal(new[new != 0], old[new != 0])  # the rest untouched
     assert model.head.weight.ne(0).all()  # the classifier is not pruned
+
+
+def test_fine_tuning_a_magnitude_pruned_model_keeps_its_zeros():
+    model = tiny_model()
+    batch = tiny_batch()
+
+    def finetune(m, epochs):  # a few plain SGD steps through the pruning masks
+        m.train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        for _ in range(3 * epochs):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(logits_with_grad(m, batch),
+                                              batch["labels"]).backward()
+            opt.step()
+
+    before = torch.cat([m.weight.detach().flatten() for m in block_linears(model)])
+    counts = prune_variant(model, parse_variant("prune50+ft1"), finetune=finetune)
+    after = torch.cat([m.weight.detach().flatten() for m in block_linears(model)])
+    assert counts["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert not any(k.endswith("_mask") for k in model.state_dict())
+    kept = after != 0
+    assert not torch.equal(after[kept], before[kept])  # the fine-tune changed the kept weights
+    assert (after == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)  # none regrew
+
+
+def logits_with_grad(model, batch):
+    return model(batch["input_ids"], batch["padding_mask"]).float()
 
 
 def test_gradient_head_importance_is_the_loss_change_per_head_gate():

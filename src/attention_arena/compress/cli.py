@@ -155,8 +155,8 @@ def compress_run(run_dir: str | Path, variants: str | list[str] = DEFAULT_VARIAN
     for variant in parsed:  # build, score and save every variant
         start = time.perf_counter()
         if variant.heads is not None and scores is None:
-            batches = []
-            for i, b in enumerate(dm.train_dataloader()):
+            batches = []  # the first training batches (the gradient criterion needs data)
+            for i, b in enumerate(dm.train_dataloader() if importance == "gradient" else []):
                 if i >= importance_batches:
                     break
                 batches.append(b)

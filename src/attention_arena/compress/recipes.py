@@ -231,6 +231,7 @@ def convert_dtype(model: TransformerClassifier, dtype: str) -> TransformerClassi
         with warnings.catch_warnings():  # the eager API is deprecated but still runs
             warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
             qconfigs = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig,
                         nn.Embedding: torch.ao.quantization.float_qparams_weight_only_qconfig}
             return torch.ao.quantization.quantize_dynamic(model, qconfigs, inplace=True)
