@@ -3,9 +3,14 @@
 A backend subclasses :class:`SelfAttention` and implements :meth:`SelfAttention.attend`, which maps
 per-head ``q, k, v`` of shape (B, H, N, d) to (B, H, N, d). Parameter names are identical across
 backends, so weights move between them with ``load_state_dict(..., strict=False)``.
+
+The projections map the model width D to the inner width H·d and back. They start equal (H·d = D);
+:meth:`SelfAttention.prune_heads` removes heads, so the inner width shrinks while D stays.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,14 +62,23 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
-    def split_heads(self, t: Tensor) -> Tensor:  # (B, N, D) -> (B, H, N, d)
+    @property
+    def inner_dim(self) -> int:
+        """Width of the heads side by side, H·d (= ``embed_dim`` until heads are pruned)."""
+        return self.num_heads * self.head_dim
+
+    def split_heads(self, t: Tensor) -> Tensor:  # (B, N, H·d) -> (B, H, N, d)
         return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
-    def merge_heads(self, t: Tensor) -> Tensor:  # (B, H, N, d) -> (B, N, D)
+    def merge_heads(self, t: Tensor) -> Tensor:  # (B, H, N, d) -> (B, N, H·d)
         return t.transpose(1, 2).flatten(2)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One fused GEMM for q, k, v (same result as the three Linear layers, faster)."""
+        """q, k, v (B, H, N, d) of x (B, N, D): one fused GEMM while the projections are plain
+        float ``nn.Linear`` layers (same result as the three layers, faster); otherwise
+        (quantized, or masked by ``torch.nn.utils.prune``) each projection module is called."""
+        if not plain_linears(self.q_proj, self.k_proj, self.v_proj):
+            return tuple(self.split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         bias = None
         if self.q_proj.bias is not None:
@@ -126,17 +140,41 @@ class SelfAttention(nn.Module):
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, N, N)
         return masked_softmax(scores, key_padding_mask)
 
+    @torch.no_grad()
+    def prune_heads(self, keep: Sequence[int]) -> None:
+        """Remove every head not in ``keep`` (indices into the current heads), physically.
+
+        The rows of the other heads leave ``q_proj``, ``k_proj`` and ``v_proj`` and their columns
+        leave ``out_proj`` (new, smaller ``nn.Linear`` layers; D stays), so the output equals
+        this module's with those heads' contributions zeroed, at the cost of ``len(keep)`` heads.
+        Backends with per-head parameters or buffers extend this to slice theirs.
+        """
+        keep = check_heads(keep, self.num_heads)
+        if not plain_linears(self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            raise TypeError(f"{type(self).__name__}.prune_heads needs plain float nn.Linear "
+                            "projections: prune heads before quantizing (or magnitude pruning)")
+        d = self.head_dim
+        rows = (torch.tensor(keep)[:, None] * d + torch.arange(d)).flatten()  # (len(keep)·d,)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            old = getattr(self, name)
+            setattr(self, name, _linear_like(old, old.weight[rows],
+                                             None if old.bias is None else old.bias[rows]))
+        self.out_proj = _linear_like(self.out_proj, self.out_proj.weight[:, rows],
+                                     self.out_proj.bias)
+        self.num_heads = len(keep)
+
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
 
     def flops(self, seq_len: int, batch: int = 1) -> float | None:
         """Useful FLOPs of one forward + backward pass (3 × forward) on ``batch`` sequences of
-        ``seq_len`` tokens: the four projections ``4 · 2·B·N·D²`` plus :meth:`attention_flops`
+        ``seq_len`` tokens: the four projections ``4 · 2·B·N·D·H·d`` (``4 · 2·B·N·D²`` unless
+        heads were pruned) plus :meth:`attention_flops`
         (one multiply-add = 2 FLOPs). None where the backend does not count its core."""
         core = self.attention_flops(seq_len, batch)
         if core is None:
             return None
-        projections = 4 * 2 * batch * seq_len * self.embed_dim**2
+        projections = 4 * 2 * batch * seq_len * self.embed_dim * self.inner_dim
         return 3.0 * (projections + core)
 
     def attention_flops(self, seq_len: int, batch: int = 1) -> float | None:
@@ -162,6 +200,46 @@ def masked_softmax(scores: Tensor, key_padding_mask: Tensor | None = None,
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+def plain_linears(*modules: nn.Module) -> bool:
+    """True if every module is an ``nn.Linear`` whose weight is an ordinary float parameter:
+    not a quantized module or tensor, not a weight recomputed by a pruning hook."""
+    return all(isinstance(m, nn.Linear) and type(m.weight) is nn.Parameter
+               and m.weight.is_floating_point() for m in modules)
+
+
+def linear_bias(module: nn.Module) -> Tensor | None:
+    """The bias of a Linear layer, float or quantized (``torch.ao`` modules return it from a
+    method)."""
+    bias = getattr(module, "bias", None)
+    return bias() if callable(bias) else bias
+
+
+def check_heads(keep: Sequence[int], num_heads: int) -> list[int]:
+    """``keep`` as a sorted list of distinct head indices in [0, num_heads); a clear error for
+    an empty, out-of-range or repeated one."""
+    heads = [int(h) for h in keep]
+    if not heads:
+        raise ValueError("prune_heads needs at least one head to keep, got an empty list")
+    bad = [h for h in heads if not 0 <= h < num_heads]
+    if bad:
+        raise IndexError(f"heads {bad} out of range: this attention has {num_heads} heads "
+                         f"(indices 0..{num_heads - 1})")
+    if len(set(heads)) != len(heads):
+        raise ValueError(f"prune_heads got repeated heads in {heads}; list each head once")
+    return sorted(heads)
+
+
+def _linear_like(old: nn.Linear, weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """A new ``nn.Linear`` holding copies of ``weight`` (out, in) and ``bias``, on ``old``'s
+    device and dtype, with its ``requires_grad``."""
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                    device=weight.device, dtype=weight.dtype)
+    new.weight.copy_(weight)
+    if bias is not None:
+        new.bias.copy_(bias)
+    new.requires_grad_(old.weight.requires_grad)
+    return new
 
 
 def _divisor_near(n: int, target: int) -> int:

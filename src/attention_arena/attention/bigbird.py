@@ -35,7 +35,7 @@ from ._sparse import (
     pad_keys,
     per_head,
 )
-from .base import SelfAttention, masked_softmax
+from .base import SelfAttention, check_heads, masked_softmax
 from .registry import register_attention
 
 _MASK32 = 0xFFFFFFFF
@@ -58,12 +58,15 @@ def _mix32(x: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def block_ranks(seed: int, heads: int, num_blocks: int,
+def block_ranks(seed: int, heads: int | tuple[int, ...], num_blocks: int,
                 device: torch.device | str | None = None) -> Tensor:
     """Pseudo-random ranks (heads, nb, nb), int64, distinct within a row: entry (h, i, j) is a
     hash of (seed, h, i, j) (high bits) and j (low 20 bits), independent of ``num_blocks``.
-    Cached (one table per layer and length): do not modify the result."""
-    h, i, j = (torch.arange(n, device=device) for n in (heads, num_blocks, num_blocks))
+    ``heads``: the number of heads (ids 0..heads-1), or the ids of the heads (what is left
+    after head pruning). Cached (one table per layer and length): do not modify the result."""
+    h = (torch.arange(heads, device=device) if isinstance(heads, int)
+         else torch.tensor(heads, dtype=torch.long, device=device))
+    i, j = (torch.arange(num_blocks, device=device) for _ in range(2))
     x = _mix32(torch.tensor(seed & _MASK32, device=device))
     x = _mix32(x ^ h)[:, None, None]
     x = _mix32(x ^ i[:, None])
@@ -71,15 +74,16 @@ def block_ranks(seed: int, heads: int, num_blocks: int,
     return (x << 20) | j
 
 
-def random_blocks(seed: int, heads: int, num_blocks: int, num_random: int, window: int,
-                  eligible: Tensor) -> tuple[Tensor, Tensor]:
-    """The random key blocks of every query block: (idx, ok), both (B, heads, nb, num_random).
+def random_blocks(seed: int, heads: int | tuple[int, ...], num_blocks: int, num_random: int,
+                  window: int, eligible: Tensor) -> tuple[Tensor, Tensor]:
+    """The random key blocks of every query block: (idx, ok), both (B, H, nb, num_random).
 
-    ``window``: blocks a side that query block i already sees (never drawn); ``eligible``
-    (B, nb) bool: key blocks that may be drawn. ``ok`` is False for the filler slots of a query
+    ``heads``: H, or the ids of the H heads (see :func:`block_ranks`). ``window``: blocks a
+    side that query block i already sees (never drawn); ``eligible`` (B, nb) bool: key blocks
+    that may be drawn. ``ok`` is False for the filler slots of a query
     block with fewer than ``num_random`` eligible blocks (their ``idx`` is 0).
     """
-    B = eligible.shape[0]
+    B, H = eligible.shape[0], heads if isinstance(heads, int) else len(heads)
     i = torch.arange(num_blocks, device=eligible.device)
     far = (i[:, None] - i[None, :]).abs() > window  # (nb, nb)
     ranks = block_ranks(seed, heads, num_blocks, eligible.device)  # (H, nb, nb)
@@ -88,8 +92,8 @@ def random_blocks(seed: int, heads: int, num_blocks: int, num_random: int, windo
     ok = top < _NO_RANK
     missing = num_random - idx.shape[-1]
     if missing:  # fewer blocks than slots
-        idx = torch.cat([idx, idx.new_zeros(B, heads, num_blocks, missing)], dim=-1)
-        ok = torch.cat([ok, ok.new_zeros(B, heads, num_blocks, missing)], dim=-1)
+        idx = torch.cat([idx, idx.new_zeros(B, H, num_blocks, missing)], dim=-1)
+        ok = torch.cat([ok, ok.new_zeros(B, H, num_blocks, missing)], dim=-1)
     return idx.masked_fill(~ok, 0), ok
 
 
@@ -114,6 +118,7 @@ def bigbird_attention(
     key_padding_mask: Tensor | None = None,
     global_mask: Tensor | None = None,
     dropout_p: float = 0.0,
+    head_ids: tuple[int, ...] | None = None,
 ) -> Tensor:
     """Block-sparse attention: q, k, v (B, H, N, d) -> (B, H, N, d).
 
@@ -126,10 +131,14 @@ def bigbird_attention(
         key_padding_mask: bool (B, N), True = padding; padded keys get zero weight.
         global_mask: bool (B, N), True = global token (attends to all, attended by all); a
             global token at a padded position is padding.
+        head_ids: the id of each of the H heads in the random-block hash (default 0..H-1); a
+            head keeps its pattern when other heads are pruned.
 
     Outputs at padded positions are unspecified (finite); the caller discards them.
     """
     B, H, N, d = q.shape
+    if head_ids is not None and len(head_ids) != H:
+        raise ValueError(f"bigbird head_ids has {len(head_ids)} entries for {H} heads")
     w = (num_window_blocks - 1) // 2
     nb = math.ceil(N / block_size)
     keep = (torch.ones(B, N, dtype=torch.bool, device=q.device) if key_padding_mask is None
@@ -145,7 +154,8 @@ def bigbird_attention(
                                per_head(window_ok, H))]
     if num_random_blocks:
         block_ok = mask_windows(key_ok, block_size, 0, nb)  # (B, nb, block): blocks of keys
-        idx, ok = random_blocks(seed, H, nb, num_random_blocks, w, block_ok.any(-1))
+        heads = H if head_ids is None else tuple(head_ids)
+        idx, ok = random_blocks(seed, heads, nb, num_random_blocks, w, block_ok.any(-1))
         if ok.any():
             batch = torch.arange(B, device=q.device).view(B, 1, 1, 1)
             random_ok = block_ok[batch, idx] & ok[..., None]  # (B, H, nb, r, block)
@@ -156,13 +166,15 @@ def bigbird_attention(
                                   dropout_p)
 
 
-def bigbird_pattern(n: int, heads: int, block_size: int = 64, num_window_blocks: int = 3,
-                    num_random_blocks: int = 3, seed: int = 0,
+def bigbird_pattern(n: int, heads: int | tuple[int, ...], block_size: int = 64,
+                    num_window_blocks: int = 3, num_random_blocks: int = 3, seed: int = 0,
                     key_padding_mask: Tensor | None = None, global_mask: Tensor | None = None,
                     device=None) -> Tensor:
     """Which keys each query of :func:`bigbird_attention` sees, bool (B, H, N, N) (B = 1
-    without masks); padded keys are left to the caller. For tests and attention maps: O(N²)."""
+    without masks); padded keys are left to the caller. For tests and attention maps: O(N²).
+    ``heads``: H, or the ids of the H heads (a pruned layer's ``head_ids``)."""
     B = 1 if key_padding_mask is None else key_padding_mask.shape[0]
+    H = heads if isinstance(heads, int) else len(heads)
     w = (num_window_blocks - 1) // 2
     nb = math.ceil(n / block_size)
     keep = (torch.ones(B, n, dtype=torch.bool, device=device) if key_padding_mask is None
@@ -171,11 +183,11 @@ def bigbird_pattern(n: int, heads: int, block_size: int = 64, num_window_blocks:
         global_mask = global_mask & keep
     key_ok = keep if global_mask is None else keep & ~global_mask
     i = torch.arange(nb, device=device)
-    blocks = ((i[:, None] - i[None, :]).abs() <= w).expand(B, heads, nb, nb)  # the window
+    blocks = ((i[:, None] - i[None, :]).abs() <= w).expand(B, H, nb, nb)  # the window
     if num_random_blocks:
         block_ok = mask_windows(key_ok, block_size, 0, nb)  # (B, nb, block)
         idx, ok = random_blocks(seed, heads, nb, num_random_blocks, w, block_ok.any(-1))
-        drawn = torch.zeros(B, heads, nb, nb, dtype=torch.long, device=device)
+        drawn = torch.zeros(B, H, nb, nb, dtype=torch.long, device=device)
         blocks = blocks | drawn.scatter_add_(-1, idx, ok.long()).bool()
     of = torch.arange(n, device=device) // block_size  # block of every position
     allowed = blocks[:, :, of][:, :, :, of] & key_ok[:, None, None, :]  # (B, H, N, N)
@@ -214,25 +226,36 @@ class BigBirdAttention(SelfAttention):
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.block_size, self.num_window_blocks = block_size, num_window_blocks
         self.num_random_blocks, self.seed = num_random_blocks, int(seed)
+        self.head_ids: tuple[int, ...] | None = None  # None = 0..H-1; set by prune_heads
 
     def get_extra_state(self) -> dict:
-        return {"seed": self.seed}
+        return {"seed": self.seed, "head_ids": self.head_ids}
 
     def set_extra_state(self, state: dict) -> None:
         self.seed = int(state["seed"])
+        head_ids = state.get("head_ids")
+        self.head_ids = None if head_ids is None else tuple(int(h) for h in head_ids)
+
+    def prune_heads(self, keep) -> None:
+        """As :meth:`SelfAttention.prune_heads`; the kept heads keep their random blocks
+        (their original ids stay in the hash, saved with the model)."""
+        keep = check_heads(keep, self.num_heads)
+        ids = self.head_ids or tuple(range(self.num_heads))
+        super().prune_heads(keep)
+        self.head_ids = tuple(ids[h] for h in keep)
 
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
         p = self.dropout if self.training else 0.0
         return bigbird_attention(q, k, v, self.block_size, self.num_window_blocks,
                                  self.num_random_blocks, self.seed, key_padding_mask,
-                                 global_mask, dropout_p=p)
+                                 global_mask, dropout_p=p, head_ids=self.head_ids)
 
     def attention_weights(self, q, k, key_padding_mask=None, global_mask=None) -> Tensor:
         """The exact probabilities (B, H, N, N) over this layer's pattern: window blocks, the
         random blocks of every head, the columns of the global tokens, and full rows for them."""
-        allowed = bigbird_pattern(q.shape[2], q.shape[1], self.block_size, self.num_window_blocks,
-                                  self.num_random_blocks, self.seed, key_padding_mask,
-                                  global_mask, q.device)
+        allowed = bigbird_pattern(q.shape[2], self.head_ids or q.shape[1], self.block_size,
+                                  self.num_window_blocks, self.num_random_blocks, self.seed,
+                                  key_padding_mask, global_mask, q.device)
         return masked_softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, key_padding_mask,
                               allowed)
 

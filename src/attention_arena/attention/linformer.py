@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SelfAttention
+from .base import SelfAttention, linear_bias
 from .registry import register_attention
 
 
@@ -134,11 +134,15 @@ class LinformerAttention(SelfAttention):
         return implied
 
     @staticmethod
-    def _linear(pooled: Tensor, counts: Tensor, linear: nn.Linear) -> Tensor:
-        """Eᵀ (X Wᵀ + b) from pooled = Eᵀ X (B, k, D) and counts = Eᵀ 1 (B, k)."""
-        out = F.linear(pooled, linear.weight)
-        if linear.bias is not None:
-            out = out + counts[..., None] * linear.bias
+    def _linear(pooled: Tensor, counts: Tensor, linear: nn.Module) -> Tensor:
+        """Eᵀ (X Wᵀ + b) from pooled = Eᵀ X (B, k, D) and counts = Eᵀ 1 (B, k).
+
+        The layer is called as a module (so a quantized one runs its own kernel); it adds b
+        once, and the other ``counts - 1`` times are added here."""
+        out = linear(pooled)  # Eᵀ X Wᵀ + b
+        bias = linear_bias(linear)
+        if bias is not None:
+            out = out + (counts - 1)[..., None] * bias.to(out.dtype)
         return out
 
     def extra_repr(self) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import SelfAttention
+from .base import SelfAttention, check_heads
 from .registry import register_attention
 
 
@@ -200,6 +200,19 @@ class NystromAttention(SelfAttention):
                 band = band * ~key_padding_mask[:, None, None, :]
             implied = implied + band
         return implied
+
+    @torch.no_grad()
+    def prune_heads(self, keep) -> None:
+        """As :meth:`SelfAttention.prune_heads`; the depthwise convolution keeps the kernels of
+        the kept heads."""
+        keep = check_heads(keep, self.num_heads)
+        super().prune_heads(keep)
+        if self.conv is not None:
+            old, h = self.conv, len(keep)
+            self.conv = nn.Conv2d(h, h, old.kernel_size, groups=h, padding=old.padding,
+                                  bias=False, device=old.weight.device, dtype=old.weight.dtype)
+            self.conv.weight.copy_(old.weight[keep])  # (H, 1, kernel, 1) -> (h, 1, kernel, 1)
+            self.conv.requires_grad_(old.weight.requires_grad)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, num_landmarks={self.num_landmarks}, "

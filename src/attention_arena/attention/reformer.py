@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SelfAttention
+from .base import SelfAttention, plain_linears
 from .registry import register_attention
 
 
@@ -301,7 +301,11 @@ class ReformerAttention(SelfAttention):
         self._cached = None
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The shared query-key projection and the values in one GEMM: (qk, qk, v)."""
+        """The shared query-key projection and the values in one GEMM: (qk, qk, v). Quantized
+        or hook-masked projections (see :func:`~.base.plain_linears`) are called as modules."""
+        if not plain_linears(self.q_proj, self.k_proj, self.v_proj):
+            qk = self.split_heads((self.q_proj(x) + self.k_proj(x)) / 2)
+            return qk, qk, self.split_heads(self.v_proj(x))
         w_qk = (self.q_proj.weight + self.k_proj.weight) / 2
         weight = torch.cat([w_qk, self.v_proj.weight])
         bias = None
@@ -351,7 +355,8 @@ class ReformerAttention(SelfAttention):
 
     def flops(self, seq_len: int, batch: int = 1) -> float:
         """As :meth:`SelfAttention.flops` with three projections, not four (shared QK)."""
-        return super().flops(seq_len, batch) - 3.0 * 2 * batch * seq_len * self.embed_dim**2
+        shared = 2 * batch * seq_len * self.embed_dim * self.inner_dim
+        return super().flops(seq_len, batch) - 3.0 * shared
 
     def attention_flops(self, seq_len: int, batch: int = 1) -> float:
         """Per round: the hash ``2·B·H·N·d·b/2`` (b = buckets at length N) and the chunked
