@@ -12,8 +12,9 @@
   tables (token and learned positions): the usual GPT/BERT choice.
 * schedule: per-step linear warmup, then cosine decay to ``min_lr_ratio * lr`` at the last step
   (``trainer.estimated_stepping_batches``).
-* logged per step: ``train/loss`` (and ``train/kd_loss``, ``train/ce_loss`` when distilling), ``lr``, ``train/tokens_per_s`` (real, non-padding tokens per
-  second of forward+backward+optimizer time, times the world size); per epoch: ``train/acc``,
+* logged per step: ``train/loss`` (and ``train/kd_loss``, ``train/ce_loss`` when distilling),
+  ``lr``, ``train/tokens_per_s`` (real, non-padding tokens per second of
+  forward+backward+optimizer time, times the world size); per epoch: ``train/acc``,
   ``val/{loss,acc,f1}``, ``test/{loss,acc,f1}``, ``train/tokens_per_s_epoch`` and
   ``sys/peak_memory_mb``: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the process's peak
   resident set size (VmHWM, reset when fitting starts so each multirun job has its own; it also

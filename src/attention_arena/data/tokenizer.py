@@ -1,12 +1,14 @@
 """Tokenizers: UTF-8 bytes (LRA Text), byte-level BPE (Hugging Face ``tokenizers``) and ListOps.
 
 All reserve ``PAD = 0`` and ``CLS = 1`` and put CLS first in every encoded sequence; truncation to
-``max_length`` counts the CLS token. ``mask_id`` (= ``vocab_size``) is the ``[MASK]`` id of masked-
-token pretraining (``attention_arena.pretrain``): it lies just past the vocabulary, so encoded text
-never contains it, classifiers keep ``vocab_size`` embedding rows (their checkpoints and seeded
-initialisation are unchanged) and only the pretraining model has the one extra row. :class:`TokenizerSpec` is the ``tokenizer`` config group
-(``tokenizer=bytes|bpe|listops``); :func:`save_tokenizer` / :func:`load_tokenizer` store any of
-them in one JSON file, so a trained model can encode new text without its training data.
+``max_length`` counts the CLS token. ``mask_id`` (= ``vocab_size``) is the ``[MASK]`` id of
+masked-token pretraining (``attention_arena.pretrain``): it lies just past the vocabulary, so
+encoded text never contains it, classifiers keep ``vocab_size`` embedding rows (their checkpoints
+and seeded initialisation are unchanged) and only the pretraining model has the one extra row.
+
+:class:`TokenizerSpec` is the ``tokenizer`` config group (``tokenizer=bytes|bpe|listops``);
+:func:`save_tokenizer` / :func:`load_tokenizer` store any of them in one JSON file, so a trained
+model can encode new text without its training data.
 """
 
 from __future__ import annotations
