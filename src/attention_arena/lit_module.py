@@ -85,7 +85,42 @@ def warmup_cosine(step: int, warmup: int, total: float, min_ratio: float) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class ArenaClassifier(pl.LightningModule):
+class AdamWCosine:
+    """Mixin of the optimizer and schedule shared by every LightningModule of the project
+    (module doc); it reads ``lr, weight_decay, betas, eps, warmup_steps, warmup_fraction,
+    min_lr_ratio`` from ``self.hparams``."""
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: decay for matrices (dim >= 2) outside embedding tables, none elsewhere."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+        return [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas),
+                                      eps=hp.eps, **fused)
+        total = float(self.trainer.estimated_stepping_batches)
+        if hp.warmup_steps is not None:
+            warmup = int(hp.warmup_steps)
+        else:
+            warmup = int(hp.warmup_fraction * total) if math.isfinite(total) else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+
+class ArenaClassifier(AdamWCosine, pl.LightningModule):
     """Train / evaluate a Transformer classifier with a pluggable attention backend.
 
     Args:
@@ -284,36 +319,6 @@ class ArenaClassifier(pl.LightningModule):
     def _log_memory(self) -> None:
         self.log("sys/peak_memory_mb", peak_memory_mb(self.device), on_epoch=True,
                  sync_dist=True, reduce_fx="max")
-
-    # ------------------------------------------------------------------ optimizer
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: decay for matrices (dim >= 2) outside embedding tables, none elsewhere."""
-        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-        return [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas),
-                                      eps=hp.eps, **fused)
-        total = float(self.trainer.estimated_stepping_batches)
-        if hp.warmup_steps is not None:
-            warmup = int(hp.warmup_steps)
-        else:
-            warmup = int(hp.warmup_fraction * total) if math.isfinite(total) else 0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio))
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
