@@ -48,8 +48,10 @@ from .train import (
     _quiet_lightning_logs,
     build_trainer,
     fit_attention_to_length,
-    main as train_main,
     run_job,
+)
+from .train import (
+    main as train_main,
 )
 
 IGNORE = -100  # label of an unselected position (F.cross_entropy's ignore_index)
