@@ -150,7 +150,9 @@ def load_encoder(model: nn.Module, source: Mapping[str, torch.Tensor],
             report.fresh.append(name)
             continue
         src = source[name]
-        if src.shape != value.shape:
+        if not isinstance(value, torch.Tensor) or not isinstance(src, torch.Tensor):
+            pass  # a backend's extra state (e.g. Performer's feature seed): taken as it is
+        elif src.shape != value.shape:
             rows_only = src.dim() == value.dim() and src.shape[1:] == value.shape[1:]
             if name in ("tok_emb.weight", "pos_emb.weight") and rows_only \
                     and src.shape[0] > value.shape[0]:
