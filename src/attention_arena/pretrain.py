@@ -178,7 +178,7 @@ class TextWindows(Dataset):
     ``whole_documents=False``: one window per document (its first ``max_length`` ids)."""
 
     def __init__(self, docs: Sequence[np.ndarray], max_length: int, cls_id: int,
-                 whole_documents: bool = True, min_tokens: int = 8):
+                 whole_documents: bool = True):
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 for pretraining windows, got {max_length}")
         body = max_length - 1
@@ -188,8 +188,7 @@ class TextWindows(Dataset):
             starts = range(0, max(len(tokens), 1), body) if whole_documents else [0]
             for start in starts:
                 chunk = tokens[start:start + body]
-                if len(chunk) >= min(min_tokens, len(tokens)) and len(chunk) > 0:
-                    self.windows.append(np.concatenate([[cls_id], chunk]).astype(np.uint16))
+                self.windows.append(np.concatenate([[cls_id], chunk]).astype(np.uint16))
 
     def __len__(self) -> int:
         return len(self.windows)
