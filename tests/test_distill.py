@@ -1,4 +1,4 @@
-"""Knowledge distillation: the loss, the frozen teacher, teacher/student lengths, mismatch errors."""
+"""Knowledge distillation: the loss, the frozen teacher, teacher and student lengths, errors."""
 
 from __future__ import annotations
 
