@@ -233,8 +233,10 @@ class ArenaClassifier(AdamWCosine, pl.LightningModule):
             d = self.hparams.distill
             loss, kd, ce = distillation_loss(logits.float(), self._teacher_logits(batch), labels,
                                              float(d["alpha"]), float(d["temperature"]))
-            self.log("train/kd_loss", kd, on_step=True, on_epoch=True, batch_size=bs)
-            self.log("train/ce_loss", ce, on_step=True, on_epoch=True, batch_size=bs)
+            self.log("train/kd_loss", kd, on_step=True, on_epoch=True, batch_size=bs,
+                     sync_dist=True)
+            self.log("train/ce_loss", ce, on_step=True, on_epoch=True, batch_size=bs,
+                     sync_dist=True)
         else:
             loss = F.cross_entropy(logits.float(), labels)
         preds = logits.argmax(dim=-1)
