@@ -128,6 +128,7 @@ def test_default_callbacks_are_instantiated_from_their_configs(tmp_path):
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+ONE_RUN = {"cheaper_bytes", "pretrain_bytes"}  # presets of single runs (experiments/*.sh loops)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -137,7 +138,9 @@ def test_experiments_compose_and_override_the_defaults(name):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={name}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert {"full", "linformer", "longformer", "performer"} <= set(params["attention"].split(","))
+    if name not in ONE_RUN:
+        assert {"full", "linformer", "longformer", "performer"} <= set(
+            params["attention"].split(","))
     for key in ("attention", "model", "optim", "data", "trainer"):
         OmegaConf.to_container(cfg[key], resolve=True)
     if name.startswith("lra_") or name.endswith("_gpu"):

@@ -1,13 +1,20 @@
 """The one LightningModule: ``ArenaClassifier`` trains a :class:`TransformerClassifier`.
 
 * loss: cross-entropy; metrics: accuracy and macro-F1 (torchmetrics objects, synced under DDP).
+  With a teacher attached (:meth:`ArenaClassifier.set_teacher`, ``distill.teacher=<run>`` on the
+  command line), the training loss is knowledge distillation (Hinton et al. 2015; DistilBERT):
+  ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE``, see
+  :func:`attention_arena.distill.distillation_loss`; validation and test keep the plain CE. The
+  teacher is not a submodule: it is not in ``parameters()`` (so not in the optimizer), not in the
+  checkpoint's state dict, and ``.train()`` does not reach it (it stays in eval mode).
 * optimizer: AdamW. Weight decay applies to matrices of Linear layers (and any other parameter with
   ``dim >= 2`` such as Linformer's projections) but NOT to biases, LayerNorm weights or embedding
   tables (token and learned positions): the usual GPT/BERT choice.
 * schedule: per-step linear warmup, then cosine decay to ``min_lr_ratio * lr`` at the last step
   (``trainer.estimated_stepping_batches``).
-* logged per step: ``train/loss``, ``lr``, ``train/tokens_per_s`` (real, non-padding tokens per
-  second of forward+backward+optimizer time, times the world size); per epoch: ``train/acc``,
+* logged per step: ``train/loss`` (and ``train/kd_loss``, ``train/ce_loss`` when distilling),
+  ``lr``, ``train/tokens_per_s`` (real, non-padding tokens per second of
+  forward+backward+optimizer time, times the world size); per epoch: ``train/acc``,
   ``val/{loss,acc,f1}``, ``test/{loss,acc,f1}``, ``train/tokens_per_s_epoch`` and
   ``sys/peak_memory_mb``: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the process's peak
   resident set size (VmHWM, reset when fitting starts so each multirun job has its own; it also
@@ -31,8 +38,17 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from .distill import distillation_loss
 from .model import TransformerClassifier
 from .utils import proc_status_kb, reset_peak_rss
+
+
+class _Frozen:
+    """Holds a module without registering it (not a submodule: no parameters, state dict or
+    train/eval switching through the owner)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
 
 
 class CheckpointMismatchError(ValueError):
@@ -69,7 +85,42 @@ def warmup_cosine(step: int, warmup: int, total: float, min_ratio: float) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class ArenaClassifier(pl.LightningModule):
+class AdamWCosine:
+    """Mixin of the optimizer and schedule shared by every LightningModule of the project
+    (module doc); it reads ``lr, weight_decay, betas, eps, warmup_steps, warmup_fraction,
+    min_lr_ratio`` from ``self.hparams``."""
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: decay for matrices (dim >= 2) outside embedding tables, none elsewhere."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+        return [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas),
+                                      eps=hp.eps, **fused)
+        total = float(self.trainer.estimated_stepping_batches)
+        if hp.warmup_steps is not None:
+            warmup = int(hp.warmup_steps)
+        else:
+            warmup = int(hp.warmup_fraction * total) if math.isfinite(total) else 0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+
+class ArenaClassifier(AdamWCosine, pl.LightningModule):
     """Train / evaluate a Transformer classifier with a pluggable attention backend.
 
     Args:
@@ -80,7 +131,11 @@ class ArenaClassifier(pl.LightningModule):
         betas, eps: AdamW.
         warmup_steps: warmup length in optimizer steps; if None, ``warmup_fraction`` of all steps.
         min_lr_ratio: final LR as a fraction of ``lr`` at the end of the cosine.
-        data_name, max_length: recorded in the checkpoint for bookkeeping only.
+        data_name, max_length, class_names: recorded in the checkpoint for bookkeeping (and
+            checked when this run becomes a teacher).
+        distill: ``{"alpha", "temperature", "teacher"}`` of knowledge distillation (``teacher``:
+            the teacher's path, for the record); it applies once :meth:`set_teacher` attaches
+            the teacher model. ``None``: plain cross-entropy.
     """
 
     def __init__(
@@ -98,6 +153,8 @@ class ArenaClassifier(pl.LightningModule):
         min_lr_ratio: float = 0.1,
         data_name: str | None = None,
         max_length: int | None = None,
+        class_names: Sequence[str] | None = None,
+        distill: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         model = dict(model or {})
@@ -114,7 +171,16 @@ class ArenaClassifier(pl.LightningModule):
             "weight_decay": weight_decay, "betas": list(betas), "eps": eps,
             "warmup_steps": warmup_steps, "warmup_fraction": warmup_fraction,
             "min_lr_ratio": min_lr_ratio, "data_name": data_name, "max_length": max_length,
+            "class_names": None if class_names is None else list(class_names),
+            "distill": None if distill is None else dict(distill),
         })
+        if distill is not None:
+            alpha, temperature = float(distill["alpha"]), float(distill["temperature"])
+            if not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"distill.alpha must be in [0, 1], got {alpha}")
+            if temperature <= 0:
+                raise ValueError(f"distill.temperature must be > 0, got {temperature}")
+        self._teacher: _Frozen | None = None
         self.model = TransformerClassifier(vocab_size, num_classes, attention=attention, **model)
 
         metrics = {}
@@ -130,16 +196,54 @@ class ArenaClassifier(pl.LightningModule):
     def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None):
         return self.model(input_ids, padding_mask)
 
+    # ------------------------------------------------------------------ distillation
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Attach a trained classifier (same tokenizer and classes) as the distillation teacher:
+        frozen (``requires_grad=False``), in eval mode, moved to this module's device when
+        training starts; kept outside the module tree (see the module doc)."""
+        if self.hparams.distill is None:
+            raise ValueError("set_teacher needs distill={'alpha': ..., 'temperature': ...} in the "
+                             "constructor")
+        teacher.eval()
+        teacher.requires_grad_(False)
+        self._teacher = _Frozen(teacher)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The distillation teacher (``None`` without one)."""
+        return None if self._teacher is None else self._teacher.module
+
+    def _teacher_logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's logits (B, C) on its own view of the batch (``teacher_input_ids`` when
+        the data module made one: the teacher reads another length)."""
+        teacher = self._teacher.module
+        if next(teacher.parameters()).device != self.device:
+            teacher.to(self.device)
+        teacher.eval()  # even if someone called .train() on it
+        ids = batch.get("teacher_input_ids", batch["input_ids"])
+        pad = batch.get("teacher_padding_mask", batch.get("padding_mask"))
+        with torch.no_grad():
+            return teacher(ids, pad).float()
+
     def _shared_step(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["input_ids"], batch.get("padding_mask"))  # (B, C)
         labels = batch["labels"]
-        loss = F.cross_entropy(logits.float(), labels)
+        bs = labels.shape[0]
+        if stage == "train" and self._teacher is not None:
+            d = self.hparams.distill
+            loss, kd, ce = distillation_loss(logits.float(), self._teacher_logits(batch), labels,
+                                             float(d["alpha"]), float(d["temperature"]))
+            self.log("train/kd_loss", kd, on_step=True, on_epoch=True, batch_size=bs,
+                     sync_dist=True)
+            self.log("train/ce_loss", ce, on_step=True, on_epoch=True, batch_size=bs,
+                     sync_dist=True)
+        else:
+            loss = F.cross_entropy(logits.float(), labels)
         preds = logits.argmax(dim=-1)
         acc, f1 = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_f1"]
         acc(preds, labels)
         f1(preds, labels)
         on_step = stage == "train"
-        bs = labels.shape[0]
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
                  batch_size=bs, sync_dist=True)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train",
@@ -208,40 +312,15 @@ class ArenaClassifier(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         reset_peak_memory(self.device)
+        if self.hparams.distill is not None and self._teacher is None:
+            warnings.warn("distill is configured but no teacher is attached (set_teacher): "
+                          "training with cross-entropy only", stacklevel=2)
+        if self._teacher is not None:
+            self._teacher.module.to(self.device)
 
     def _log_memory(self) -> None:
         self.log("sys/peak_memory_mb", peak_memory_mb(self.device), on_epoch=True,
                  sync_dist=True, reduce_fx="max")
-
-    # ------------------------------------------------------------------ optimizer
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: decay for matrices (dim >= 2) outside embedding tables, none elsewhere."""
-        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-        return [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas),
-                                      eps=hp.eps, **fused)
-        total = float(self.trainer.estimated_stepping_batches)
-        if hp.warmup_steps is not None:
-            warmup = int(hp.warmup_steps)
-        else:
-            warmup = int(hp.warmup_fraction * total) if math.isfinite(total) else 0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio))
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -152,6 +152,21 @@ class TransformerClassifier(nn.Module):
 
     def forward(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """``input_ids`` Long (B, N), ``padding_mask`` bool (B, N) True = pad -> logits (B, C)."""
+        x = self.encode(input_ids, padding_mask)  # (B, N, D)
+
+        # Pooling: (B, N, D) -> (B, D)
+        if self.pooling == "cls":
+            pooled = x[:, 0]
+        else:
+            if padding_mask is None:
+                pooled = x.mean(dim=1)
+            else:
+                keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+                pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+        return self.head(pooled)  # (B, C)
+
+    def encode(self, input_ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """The encoder without pooling and head: token states after ``ln_f``, (B, N, D)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got {tuple(input_ids.shape)}")
         B, N = input_ids.shape
@@ -180,15 +195,4 @@ class TransformerClassifier(nn.Module):
 
         for block in self.blocks:
             x = block(x, padding_mask, global_mask)  # (B, N, D)
-        x = self.ln_f(x)
-
-        # Pooling: (B, N, D) -> (B, D)
-        if self.pooling == "cls":
-            pooled = x[:, 0]
-        else:
-            if padding_mask is None:
-                pooled = x.mean(dim=1)
-            else:
-                keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # (B, N, 1)
-                pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
-        return self.head(pooled)  # (B, C)
+        return self.ln_f(x)

@@ -49,6 +49,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .attention import import_modules
+from .distill import distill_options, load_teacher, teacher_length
+from .transfer import check_encoder_shape, check_same_tokenizer, load_encoder, read_run
 from .utils import (
     METRIC_KEYS,
     RUN_KEYS,
@@ -199,8 +201,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import_modules(cfg.get("imports") or [])  # user backends named on the command line
     pl.seed_everything(cfg.seed, workers=True)
 
+    distill = distill_options(OmegaConf.to_container(cfg.get("distill") or {}, resolve=True))
+    teacher_run = read_run(distill["teacher"], prefer="best") if distill else None
+
     # data: set up here to learn num_classes / vocab_size (Lightning calls setup again, cheaply)
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    extra = {"teacher_max_length": teacher_length(teacher_run)} if teacher_run else {}
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
     datamodule.prepare_data()
     datamodule.setup("fit")
 
@@ -210,8 +216,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = ArenaClassifier(
         vocab_size=datamodule.vocab_size, num_classes=datamodule.num_classes, model=model_cfg,
         attention=attention_cfg, data_name=cfg.data.name, max_length=cfg.data.max_length,
+        class_names=datamodule.class_names, distill=distill,
         **OmegaConf.to_container(cfg.optim, resolve=True),
     )
+    if cfg.get("init_from"):
+        notes += init_encoder(module.model, str(cfg.init_from), datamodule, model_cfg)
+    if teacher_run is not None:
+        teacher = load_teacher(teacher_run, datamodule.tokenizer, datamodule.vocab_size,
+                               datamodule.class_names, cfg.data.name)
+        module.set_teacher(teacher.model)
+        notes.append(f"distilled from {teacher.description}, alpha {distill['alpha']}, "
+                     f"temperature {distill['temperature']}")
+        print(f"[arena] {notes[-1]}", flush=True)
     if cfg.get("compile"):
         module.model.compile()  # in place: checkpoints keep the plain parameter names
     trainer = build_trainer(cfg, run_dir)
@@ -243,6 +259,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test_after_fit", True):
         metrics.update(evaluate_best(trainer, module, datamodule, run_dir, metrics))
     return metrics
+
+
+def init_encoder(model, path: str, datamodule, model_cfg: dict[str, Any]) -> list[str]:
+    """``init_from=<run>``: copy the encoder of a pretraining (or any trained) run into ``model``,
+    its classifier head left fresh (:func:`attention_arena.transfer.load_encoder`); the report
+    lines (printed, and kept in metrics.json's notes)."""
+    run = read_run(hydra.utils.to_absolute_path(path), prefer="best")
+    check_same_tokenizer(run, datamodule.tokenizer, datamodule.vocab_size, "init_from run")
+    check_encoder_shape(run, model_cfg, "init_from run")
+    report = load_encoder(model, run.model_state(), where=str(run.checkpoint))
+    lines = [f"init_from {run.checkpoint}: {line}" for line in report.lines()]
+    for line in lines:
+        print(f"[arena] {line}", flush=True)
+    return lines
 
 
 def evaluate_best(trainer, module, datamodule, run_dir: Path, fit: dict[str, Any]

@@ -3,6 +3,12 @@
 Batches are dicts with ``input_ids`` (LongTensor B x N), ``padding_mask`` (BoolTensor B x N,
 True = padding) and ``labels`` (LongTensor B). N is the batch's longest sequence rounded up to
 ``pad_to_multiple_of``.
+
+Distillation from a teacher that reads another length (``teacher_max_length``): documents are
+encoded once at the longer of the two lengths; ``input_ids`` / ``padding_mask`` are the student's
+view (the first ``max_length`` ids, CLS first) and training batches also carry the teacher's view
+of the same documents, ``teacher_input_ids`` / ``teacher_padding_mask`` (its first
+``teacher_max_length`` ids). Statistics (``data_stats``) stay those of the student's length.
 """
 
 from __future__ import annotations
@@ -42,22 +48,38 @@ class TokenizedDataset(Dataset):
 
 
 class PadCollate:
-    """Pad ``(ids, label)`` items to the longest in the batch, rounded up to a multiple."""
+    """Pad ``(ids, label)`` items to the longest in the batch, rounded up to a multiple.
 
-    def __init__(self, pad_id: int = PAD_ID, pad_to_multiple_of: int = 1) -> None:
+    ``max_length``: cut every item to its first ``max_length`` ids first (None: as they come).
+    ``teacher_length``: also return the teacher's view, ``teacher_input_ids`` /
+    ``teacher_padding_mask``, cut at ``teacher_length`` (None: no teacher view).
+    """
+
+    def __init__(self, pad_id: int = PAD_ID, pad_to_multiple_of: int = 1,
+                 max_length: int | None = None, teacher_length: int | None = None) -> None:
         self.pad_id = pad_id
         self.multiple = pad_to_multiple_of
+        self.max_length = max_length
+        self.teacher_length = teacher_length
 
-    def __call__(self, items: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:
-        longest = max(len(ids) for ids, _ in items)
+    def _pad(self, seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(ids) for ids in seqs)
         n = math.ceil(longest / self.multiple) * self.multiple
-        input_ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
-        padding_mask = torch.ones((len(items), n), dtype=torch.bool)
-        for row, (ids, _) in enumerate(items):
+        input_ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
+        padding_mask = torch.ones((len(seqs), n), dtype=torch.bool)
+        for row, ids in enumerate(seqs):
             input_ids[row, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
             padding_mask[row, : len(ids)] = False
+        return input_ids, padding_mask
+
+    def __call__(self, items: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:
+        input_ids, padding_mask = self._pad([ids[: self.max_length] for ids, _ in items])
         labels = torch.tensor([label for _, label in items], dtype=torch.long)
-        return {"input_ids": input_ids, "padding_mask": padding_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "padding_mask": padding_mask, "labels": labels}
+        if self.teacher_length is not None:
+            batch["teacher_input_ids"], batch["teacher_padding_mask"] = self._pad(
+                [ids[: self.teacher_length] for ids, _ in items])
+        return batch
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -80,6 +102,8 @@ class TextClassificationDataModule(L.LightningDataModule):
             the data set's default (bpe for text, listops for ListOps).
         cache_dir: processed-data cache; default ``$ATTENTION_ARENA_CACHE`` or
             ``~/.cache/attention_arena``.
+        teacher_max_length: a distillation teacher's length when it differs from
+            ``max_length``: training batches then carry the teacher's view too (module doc).
         **options: the data set's own options (e.g. ``path``, ``text_column`` for ``files``;
             ``hub_id``, ``revision`` for hub sets; ``listops_*`` for ListOps); an unknown one is an
             error that lists the valid ones.
@@ -101,6 +125,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         limit_examples: int | None = None,
         tokenizer: str | Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
+        teacher_max_length: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -142,7 +167,11 @@ class TextClassificationDataModule(L.LightningDataModule):
                 DataWarning,
                 stacklevel=2,
             )
+        if teacher_max_length is not None and teacher_max_length < 1:
+            raise DataError(f"teacher_max_length must be >= 1, got {teacher_max_length}.")
         self.max_length = max_length
+        self.teacher_max_length = (None if teacher_max_length in (None, max_length)
+                                   else int(teacher_max_length))
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -156,8 +185,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.splits: dict[str, TokenizedSplit] = {}
 
     def _load(self) -> ProcessedData:
+        length = max(self.max_length, self.teacher_max_length or 0)  # the longer view
         return load_processed(
-            self.source, self.tokenizer_spec, self.max_length, self.split_spec, self.cache_dir
+            self.source, self.tokenizer_spec, length, self.split_spec, self.cache_dir
         )
 
     def prepare_data(self) -> None:
@@ -238,7 +268,7 @@ class TextClassificationDataModule(L.LightningDataModule):
     def data_stats(self) -> dict[str, dict[str, float]]:
         """Per split: ``tokens_mean``, ``tokens_p90`` (per document before truncation, CLS
         included), ``truncated_share`` (longer than ``max_length``) and ``n`` (documents)."""
-        return self._data().stats()
+        return {name: split.stats(self.max_length) for name, split in self._data().splits.items()}
 
     def save_tokenizer(self, directory: str | os.PathLike[str]) -> Path:
         """Write the tokenizer to ``directory/tokenizer.json`` (read it with ``load_tokenizer``)."""
@@ -255,7 +285,8 @@ class TextClassificationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=PadCollate(self.pad_id, self.pad_to_multiple_of),
+            collate_fn=PadCollate(self.pad_id, self.pad_to_multiple_of, self.max_length,
+                                  self.teacher_max_length if split == "train" else None),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,9 +1,14 @@
 """Tokenizers: UTF-8 bytes (LRA Text), byte-level BPE (Hugging Face ``tokenizers``) and ListOps.
 
 All reserve ``PAD = 0`` and ``CLS = 1`` and put CLS first in every encoded sequence; truncation to
-``max_length`` counts the CLS token. :class:`TokenizerSpec` is the ``tokenizer`` config group
-(``tokenizer=bytes|bpe|listops``); :func:`save_tokenizer` / :func:`load_tokenizer` store any of
-them in one JSON file, so a trained model can encode new text without its training data.
+``max_length`` counts the CLS token. ``mask_id`` (= ``vocab_size``) is the ``[MASK]`` id of
+masked-token pretraining (``attention_arena.pretrain``): it lies just past the vocabulary, so
+encoded text never contains it, classifiers keep ``vocab_size`` embedding rows (their checkpoints
+and seeded initialisation are unchanged) and only the pretraining model has the one extra row.
+
+:class:`TokenizerSpec` is the ``tokenizer`` config group (``tokenizer=bytes|bpe|listops``);
+:func:`save_tokenizer` / :func:`load_tokenizer` store any of them in one JSON file, so a trained
+model can encode new text without its training data.
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ class Tokenizer:
     pad_id = PAD_ID
     cls_id = CLS_ID
     vocab_size: int
+
+    @property
+    def mask_id(self) -> int:
+        """The ``[MASK]`` id of masked-token pretraining: ``vocab_size``, one past the last id that
+        encoded text can contain (a pretraining model has ``vocab_size + 1`` embedding rows)."""
+        return self.vocab_size
+
+    @property
+    def first_regular_id(self) -> int:
+        """The smallest id of an ordinary token (ids below it are PAD and CLS)."""
+        return CLS_ID + 1
 
     def _ids(self, text: str) -> np.ndarray:
         raise NotImplementedError
@@ -94,8 +110,9 @@ class ByteTokenizer(Tokenizer):
         return len(text.encode("utf-8")) + 1
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Decode ids to text, skipping special ids; a cut multi-byte character becomes U+FFFD."""
-        data = bytes(int(i) - self.offset for i in ids if int(i) >= self.offset)
+        """Decode ids to text, skipping special ids (PAD, CLS, [MASK]); a cut multi-byte character
+        becomes U+FFFD."""
+        data = bytes(int(i) - self.offset for i in ids if self.offset <= int(i) < self.vocab_size)
         return data.decode("utf-8", errors="replace")
 
     def char_spans(self, text: str) -> list[tuple[int, int]]:
@@ -128,8 +145,8 @@ class ListOpsTokenizer(Tokenizer):
         return np.asarray(ids, dtype=np.uint16)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Decode ids back to a space-separated expression, skipping PAD and CLS."""
-        return " ".join(LISTOPS_TOKENS[int(i)] for i in ids if int(i) > CLS_ID)
+        """Decode ids back to a space-separated expression, skipping PAD, CLS and [MASK]."""
+        return " ".join(LISTOPS_TOKENS[int(i)] for i in ids if CLS_ID < int(i) < self.vocab_size)
 
     def char_spans(self, text: str) -> list[tuple[int, int]]:
         import re
@@ -184,8 +201,9 @@ class BPETokenizer(Tokenizer):
         return [self._with_cls(np.asarray(e.ids, dtype=np.uint16)) for e in encodings]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Decode ids to text, skipping PAD and CLS."""
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+        """Decode ids to text, skipping PAD, CLS and [MASK]."""
+        return self.hf.decode([int(i) for i in ids if int(i) < self.vocab_size],
+                              skip_special_tokens=True)
 
     def char_spans(self, text: str) -> list[tuple[int, int]]:
         """The offsets ``tokenizers`` reports (a token's leading space included)."""
