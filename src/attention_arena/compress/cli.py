@@ -180,8 +180,8 @@ def compress_run(run_dir: str | Path, variants: str | list[str] = DEFAULT_VARIAN
     if memory:
         for row, model in zip(rows, models.values(), strict=True):
             row["peak_mb"] = peak_memory_mb(model, batch, L)
+    fp32 = rows[0]
     for row in rows:
-        fp32 = rows[0]
         row["size_vs_fp32"] = row["size_bytes"] / fp32["size_bytes"]
         for key, ratio in (("ms_b1", "speedup_b1"), ("ms_batch", "speedup_batch"),
                            ("attn_ms_batch", "attn_speedup")):
