@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="arena-compress",
         description="Evaluate cheaper variants (bf16, int8, magnitude and head pruning) of a "
-                    "trained arena-train run on its test split: accuracy with 95%% intervals, "
+                    "trained arena-train run on its test split: accuracy with 95% intervals, "
                     "size, CPU latency, memory. Writes compress.{md,csv,json,png} and "
                     "models/<variant>.pt.")
     p.add_argument("run_dir", help="an arena-train run directory (checkpoints/, .hydra/)")
