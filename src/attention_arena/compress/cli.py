@@ -180,8 +180,8 @@ def compress_run(run_dir: str | Path, variants: str | list[str] = DEFAULT_VARIAN
     if memory:
         for row, model in zip(rows, models.values(), strict=True):
             row["peak_mb"] = peak_memory_mb(model, batch, L)
+    fp32 = rows[0]
     for row in rows:
-        fp32 = rows[0]
         row["size_vs_fp32"] = row["size_bytes"] / fp32["size_bytes"]
         for key, ratio in (("ms_b1", "speedup_b1"), ("ms_batch", "speedup_batch"),
                            ("attn_ms_batch", "attn_speedup")):
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="arena-compress",
         description="Evaluate cheaper variants (bf16, int8, magnitude and head pruning) of a "
-                    "trained arena-train run on its test split: accuracy with 95%% intervals, "
+                    "trained arena-train run on its test split: accuracy with 95% intervals, "
                     "size, CPU latency, memory. Writes compress.{md,csv,json,png} and "
                     "models/<variant>.pt.")
     p.add_argument("run_dir", help="an arena-train run directory (checkpoints/, .hydra/)")

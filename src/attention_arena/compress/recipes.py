@@ -30,6 +30,7 @@ columns of ``out_proj`` (no data needed).
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -179,11 +180,11 @@ def head_importance(model: TransformerClassifier, method: str = "gradient",
 
 def prune_heads(model: TransformerClassifier, fraction: float, importance: Tensor
                 ) -> list[list[int]]:
-    """Remove the ``fraction`` least important heads of every layer (``round(fraction · H)``,
+    """Remove the ``fraction`` least important heads of every layer (⌊fraction · H + ½⌋,
     keeping at least one) by ``importance`` (L, H); returns the kept heads of each layer."""
     kept = []
     for attn, scores in zip(_attentions(model), importance, strict=True):
-        n_keep = max(1, attn.num_heads - round(fraction * attn.num_heads))
+        n_keep = max(1, attn.num_heads - math.floor(fraction * attn.num_heads + 0.5))
         keep = sorted(scores.topk(n_keep).indices.tolist())
         attn.prune_heads(keep)
         kept.append(keep)
