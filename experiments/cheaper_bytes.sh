@@ -37,6 +37,9 @@ for step in "${steps[@]}"; do
     for s in "${SEEDS[@]}"; do
       train attention=linformer seed=$s distill.teacher=$R/pretrain/init_full_L512_s$s \
         distill.alpha=0.5 distill.temperature=2.0 hydra.run.dir=$R/distill/student_linformer_L512_s$s
+      train attention=linformer seed=$s distill.teacher=$R/pretrain/init_full_L512_s$s \
+        distill.alpha=0.9 distill.temperature=2.0 \
+        hydra.run.dir=$R/distill/student_a09_linformer_L512_s$s
     done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;
