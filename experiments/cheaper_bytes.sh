@@ -4,7 +4,7 @@
 # cheaper_bytes.yaml and pretrain_bytes.yaml). Writes results/pretrain/ and results/distill/
 # (run directories; git keeps their metrics.json and predictions.csv) and their tables.
 #   experiments/cheaper_bytes.sh [pretrain|finetune|scratch|distill|tables]...   (default: all)
-# About 20 minutes of an idle 2-core CPU: pretraining ~4 min, 12 classifier runs of ~70 s.
+# About 25 minutes of an idle 2-core CPU: pretraining ~5 min, 15 classifier runs of ~70 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -37,9 +37,11 @@ for step in "${steps[@]}"; do
     for s in "${SEEDS[@]}"; do
       train attention=linformer seed=$s distill.teacher=$R/pretrain/init_full_L512_s$s \
         distill.alpha=0.5 distill.temperature=2.0 hydra.run.dir=$R/distill/student_linformer_L512_s$s
-      train attention=linformer seed=$s distill.teacher=$R/pretrain/init_full_L512_s$s \
-        distill.alpha=0.9 distill.temperature=2.0 \
-        hydra.run.dir=$R/distill/student_a09_linformer_L512_s$s
+      for a in 0.9 1.0; do
+        train attention=linformer seed=$s distill.teacher=$R/pretrain/init_full_L512_s$s \
+          distill.alpha=$a distill.temperature=2.0 \
+          hydra.run.dir=$R/distill/student_a${a/./}_linformer_L512_s$s
+      done
     done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;

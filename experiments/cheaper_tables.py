@@ -80,7 +80,7 @@ def table(results: Path, rows: list[tuple[str, str, str | None]], title: str, no
             bold = "**" if test.p_value < 0.05 else ""
             delta = (f"{bold}{100 * test.diff:+.2f} [{100 * test.low:+.2f}, "
                      f"{100 * test.high:+.2f}]{bold} vs {ref}")
-            p = f"{test.p_value:.3f}" if test.p_value >= 0.001 else "<0.001"
+            p = f"{test.p_value:.3g}" if test.p_value >= 0.001 else "<0.001"
         lines.append(f"| {label} | {len(runs)} | {fmt(acc)} | {fmt(f1)} | {delta} | {p} | "
                      f"{row['steps']} | {row['wall_time_s']:.0f} |")
         out.append(row)
@@ -99,7 +99,8 @@ NOTE = ("Byte-level BBC News, 512 bytes, tiny model (2 layers x 64), 2 epochs of
         "training (`experiment=cheaper_bytes`), 3 seeds. Test accuracy / macro-F1: mean ± "
         "half-width of the 95% t-interval over seeds. Δ acc: paired bootstrap over the test "
         "documents pooled over seeds (10,000 resamples); **bold** = p < 0.05. wall s: per run, "
-        "on a shared 2-core CPU (see README for the load).")
+        "on a 2-core CPU shared with other jobs at very different loads (load average 1 to 19): "
+        "not comparable between rows.")
 
 
 def main() -> None:
@@ -124,13 +125,15 @@ def main() -> None:
          "linformer, from scratch"),
         ("linformer, distilled (alpha 0.9)", "distill/student_a09_linformer_L512_s*",
          "linformer, from scratch"),
+        ("linformer, distilled (alpha 1.0)", "distill/student_a10_linformer_L512_s*",
+         "linformer, from scratch"),
     ], "Distillation: a linformer student taught by a full-attention teacher",
         NOTE + " Teacher of seed s: the self-pretrained full run of seed s; temperature 2.")
     rows = {row["model"]: row for row in dis["rows"]}
     teacher = rows["teacher: full, self-pretrained"]["test_acc"]
     scratch = rows["linformer, from scratch"]["test_acc"]
     dis["gap_recovered"] = {}
-    for label in ("linformer, distilled (alpha 0.5)", "linformer, distilled (alpha 0.9)"):
+    for label in [r for r in rows if "distilled" in r]:
         share = (rows[label]["test_acc"] - scratch) / (teacher - scratch)
         dis["gap_recovered"][label] = share
         dis["markdown"] += (f"{label}: share of the student's gap to its teacher recovered, "
