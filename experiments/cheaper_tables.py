@@ -103,6 +103,10 @@ NOTE = ("Byte-level BBC News, 512 bytes, tiny model (2 layers x 64), 2 epochs of
         "not comparable between rows.")
 
 
+T_PRE = "teacher: full, self-pretrained"
+T_SCRATCH = "teacher: full, from scratch"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"))
@@ -118,27 +122,29 @@ def main() -> None:
         NOTE + " Pretraining: `arena-pretrain experiment=pretrain_bytes attention=full seed=0` "
         "(one run, shared by every fine-tuning seed).")
     write(r / "pretrain", pre)
+    students = {  # distilled row -> (runs, its teacher's row)
+        "linformer, distilled (alpha 0.5)": ("distill/student_linformer_L512_s*", T_PRE),
+        "linformer, distilled (alpha 0.9)": ("distill/student_a09_linformer_L512_s*", T_PRE),
+        "linformer, distilled (alpha 1.0)": ("distill/student_a10_linformer_L512_s*", T_PRE),
+        "linformer, distilled from full from scratch (alpha 0.9)": (
+            "distill/student_scratchteacher_a09_linformer_L512_s*", T_SCRATCH),
+    }
     dis = table(r, [
-        ("teacher: full, self-pretrained", "pretrain/init_full_L512_s*", None),
+        (T_PRE, "pretrain/init_full_L512_s*", None),
+        (T_SCRATCH, "bytes_full_512/*_full_L512_s*", None),
         ("linformer, from scratch", "pretrain/scratch_linformer_L512_s*", None),
-        ("linformer, distilled (alpha 0.5)", "distill/student_linformer_L512_s*",
-         "linformer, from scratch"),
-        ("linformer, distilled (alpha 0.9)", "distill/student_a09_linformer_L512_s*",
-         "linformer, from scratch"),
-        ("linformer, distilled (alpha 1.0)", "distill/student_a10_linformer_L512_s*",
-         "linformer, from scratch"),
+        *((label, pattern, "linformer, from scratch") for label, (pattern, _) in students.items()),
     ], "Distillation: a linformer student taught by a full-attention teacher",
-        NOTE + " Teacher of seed s: the self-pretrained full run of seed s; temperature 2.")
+        NOTE + " Teacher of seed s: the full run of seed s named in the row; temperature 2.")
     rows = {row["model"]: row for row in dis["rows"]}
-    teacher = rows["teacher: full, self-pretrained"]["test_acc"]
     scratch = rows["linformer, from scratch"]["test_acc"]
     dis["gap_recovered"] = {}
-    for label in [r for r in rows if "distilled" in r]:
-        share = (rows[label]["test_acc"] - scratch) / (teacher - scratch)
+    for label, (_, teacher) in students.items():
+        share = (rows[label]["test_acc"] - scratch) / (rows[teacher]["test_acc"] - scratch)
         dis["gap_recovered"][label] = share
-        dis["markdown"] += (f"{label}: share of the student's gap to its teacher recovered, "
-                            f"(distilled − scratch) / (teacher − scratch) = {100 * share:.0f}% "
-                            f"(of the mean accuracies).\n")
+        dis["markdown"] += (f"{label}: share of the student's gap to its teacher ({teacher}) "
+                            f"recovered, (distilled − scratch) / (teacher − scratch) = "
+                            f"{100 * share:.0f}% (of the mean accuracies).\n")
     write(r / "distill", dis)
 
 
