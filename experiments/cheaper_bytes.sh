@@ -25,12 +25,14 @@ for step in "${steps[@]}"; do
         hydra.run.dir=$R/pretrain/init_${a}_L512_s$s
     done; done ;;
   scratch)  # the same training from random weights. full from scratch is results/bytes_full_512
-    # (README "What the comparison teaches": arena-compare-run --no-baseline attention=full data.max_length=512
-    # seed=0,1,2 tokenizer=bytes, the same settings), rerun here only if it is missing
+    # (README "What the comparison teaches": arena-compare-run --no-baseline attention=full
+    # data.max_length=512 seed=0,1,2 tokenizer=bytes, the same settings), rerun here only if its
+    # checkpoints are missing
     # (its checkpoints, not kept in git, are a distillation teacher below)
-    [ -f $R/bytes_full_512/2_full_L512_s2/checkpoints/last.ckpt ] || "$PY" -m attention_arena.compare_run \
-      --no-baseline attention=full data.max_length=512 seed=0,1,2 tokenizer=bytes \
-      hydra.sweep.dir=$R/bytes_full_512
+    [ -f $R/bytes_full_512/2_full_L512_s2/checkpoints/last.ckpt ] ||
+      "$PY" -m attention_arena.compare_run \
+      --no-baseline --sweep-dir $R/bytes_full_512 attention=full data.max_length=512 \
+      seed=0,1,2 tokenizer=bytes
     for s in "${SEEDS[@]}"; do
       train attention=linformer seed=$s hydra.run.dir=$R/pretrain/scratch_linformer_L512_s$s
     done ;;
