@@ -4,7 +4,7 @@
 # cheaper_bytes.yaml and pretrain_bytes.yaml). Writes results/pretrain/ and results/distill/
 # (run directories; git keeps their metrics.json and predictions.csv) and their tables.
 #   experiments/cheaper_bytes.sh [pretrain|finetune|scratch|distill|tables]...   (default: all)
-# About 20 minutes of an idle 2-core CPU: pretraining ~4 min, 12 classifier runs of ~70 s.
+# About 30 minutes of an idle 2-core CPU: pretraining ~5 min, 18 classifier runs of ~70 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -25,18 +25,30 @@ for step in "${steps[@]}"; do
         hydra.run.dir=$R/pretrain/init_${a}_L512_s$s
     done; done ;;
   scratch)  # the same training from random weights. full from scratch is results/bytes_full_512
-    # (README "Tokenizers": arena-compare-run --no-baseline attention=full data.max_length=512
-    # seed=0,1,2 tokenizer=bytes, the same settings), rerun here only if it is missing
-    [ -f $R/bytes_full_512/2_full_L512_s2/metrics.json ] || "$PY" -m attention_arena.compare_run \
-      --no-baseline attention=full data.max_length=512 seed=0,1,2 tokenizer=bytes \
-      hydra.sweep.dir=$R/bytes_full_512
+    # (README "What the comparison teaches": arena-compare-run --no-baseline attention=full
+    # data.max_length=512 seed=0,1,2 tokenizer=bytes, the same settings), rerun here only if its
+    # checkpoints are missing
+    # (its checkpoints, not kept in git, are a distillation teacher below)
+    [ -f $R/bytes_full_512/2_full_L512_s2/checkpoints/last.ckpt ] ||
+      "$PY" -m attention_arena.compare_run \
+      --no-baseline --sweep-dir $R/bytes_full_512 attention=full data.max_length=512 \
+      seed=0,1,2 tokenizer=bytes
     for s in "${SEEDS[@]}"; do
       train attention=linformer seed=$s hydra.run.dir=$R/pretrain/scratch_linformer_L512_s$s
     done ;;
-  distill)  # a linformer student from scratch, taught by the pretrained full model of its seed
+  distill)  # linformer students from scratch, taught by the full model of their seed: the
+    # self-pretrained one (alpha 0.5, 0.9, 1.0) and the one from scratch (alpha 0.9)
     for s in "${SEEDS[@]}"; do
       train attention=linformer seed=$s distill.teacher=$R/pretrain/init_full_L512_s$s \
         distill.alpha=0.5 distill.temperature=2.0 hydra.run.dir=$R/distill/student_linformer_L512_s$s
+      for a in 0.9 1.0; do
+        train attention=linformer seed=$s distill.teacher=$R/pretrain/init_full_L512_s$s \
+          distill.alpha=$a distill.temperature=2.0 \
+          hydra.run.dir=$R/distill/student_a${a/./}_linformer_L512_s$s
+      done
+      train attention=linformer seed=$s distill.teacher=$R/bytes_full_512/${s}_full_L512_s$s \
+        distill.alpha=0.9 distill.temperature=2.0 \
+        hydra.run.dir=$R/distill/student_scratchteacher_a09_linformer_L512_s$s
     done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;
