@@ -477,3 +477,14 @@ def test_global_tokens_reach_our_backends(monkeypatch):
                        **QUIET)
     assert report["results"][0]["status"] == "ok" and report["meta"]["global_tokens"] == 2
     assert seen and set(seen) == {2}
+
+
+def test_workers_wait_passively_unless_the_user_says_otherwise(monkeypatch):
+    from attention_arena.bench.measure import worker_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("ARENA_BENCH_PROBE", "kept")
+    env = worker_env()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["ARENA_BENCH_PROBE"] == "kept"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert worker_env()["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -168,12 +169,19 @@ def _worker_main() -> None:
     sys.stdout.flush()
 
 
+def worker_env() -> dict[str, str]:
+    """The worker's environment: ours, with ``OMP_WAIT_POLICY=PASSIVE`` unless already set.
+    Spinning OpenMP threads (the default) make many-op modules several times slower on small
+    VMs where the two threads share cores with the rest of the system."""
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
 def measure_isolated(cfg: dict, timeout: float) -> dict:
     """Run :func:`measure` in a fresh Python process (clean memory accounting)."""
     code = "from attention_arena.bench.measure import _worker_main; _worker_main()"
     try:
         proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(cfg),
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, env=worker_env())
     except subprocess.TimeoutExpired:
         return {"status": "failed", "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
