@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from attention_arena.explain.faithfulness import write_faithfulness
 
@@ -18,6 +19,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     results = [r for path in args.files for r in json.loads(open(path).read())]
+    results.sort(key=lambda r: Path(r["run"]).name)  # the sweep order: 0_full, 1_linformer, ...
     print(write_faithfulness(results, args.out).read_text())
 
 
