@@ -27,10 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import runs
 from .data.tokenizer import TOKENIZER_FILE, Tokenizer, tokenizer_to_json
+from .runs import RunError
 
 
-class TransferError(ValueError):
+class TransferError(RunError):
     """A run that cannot be used as a teacher or as initial weights (wrong path, other vocabulary,
     other width...)."""
 
@@ -52,26 +54,13 @@ class SavedRun:
 
 
 def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """The checkpoint of a run: ``path`` itself if it is a file; in a run directory (or its
-    ``checkpoints/``) the best one (``best-*.ckpt``, by val/acc) when ``prefer="best"`` and there
-    is one, else ``last.ckpt``."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise TransferError(f"{path} does not exist; pass a run directory (with checkpoints/) "
-                            f"or a .ckpt file")
-    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    best = sorted(folder.glob("best*.ckpt"))
-    last = folder / "last.ckpt"
-    if prefer == "best" and best:
-        return best[-1]
-    if last.is_file():
-        return last
-    if best:
-        return best[-1]
-    raise TransferError(f"no checkpoint in {folder} (looked for best*.ckpt and last.ckpt); pass a "
-                        f"finished run directory or a .ckpt file")
+    """The checkpoint of a run (:func:`attention_arena.runs.find_checkpoint`): ``path`` itself
+    if it is a file; in a run directory (or its ``checkpoints/``) the best one when
+    ``prefer="best"`` and there is one, else ``last.ckpt``."""
+    try:
+        return runs.find_checkpoint(path, prefer)[0]
+    except RunError as err:
+        raise TransferError(str(err)) from None
 
 
 def read_run(path: str | Path, prefer: str = "best") -> SavedRun:

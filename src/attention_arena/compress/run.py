@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..model import TransformerClassifier
-
-
-class RunError(ValueError):
-    """A run directory that cannot be compressed as given (the message names the fix)."""
+from ..runs import RunError, read_config
+from ..runs import find_checkpoint as find_run_checkpoint
 
 
 @dataclass
@@ -74,41 +72,13 @@ class Run:
 
 def find_checkpoint(run_dir: Path, checkpoint: str = "best") -> Path:
     """``best`` (``checkpoints/best*.ckpt``, else ``last.ckpt``), ``last``, or a path."""
-    folder = run_dir / "checkpoints"
-    if checkpoint not in ("best", "last"):
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise RunError(f"checkpoint {checkpoint} does not exist; pass best, last or the path "
-                           "of a .ckpt file")
-        return path
-    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    last = folder / "last.ckpt"
-    if checkpoint == "best" and best:
-        return best[-1]
-    if last.is_file():
-        return last
-    raise RunError(f"no checkpoint in {folder} (looked for best*.ckpt and last.ckpt); train the "
-                   f"run to the end with arena-train (hydra.run.dir={run_dir}), or pass "
-                   "--checkpoint PATH")
-
-
-def read_config(run_dir: Path) -> DictConfig:
-    """The run's composed config: ``config_resolved.yaml`` (written by ``arena-train``), else
-    ``.hydra/config.yaml`` resolved with ``output_dir`` = the run directory."""
-    from ..utils import register_resolvers
-
-    resolved = run_dir / "config_resolved.yaml"
-    if resolved.is_file():
-        return OmegaConf.load(resolved)
-    hydra_cfg = run_dir / ".hydra" / "config.yaml"
-    if not hydra_cfg.is_file():
-        raise RunError(f"{run_dir} has neither config_resolved.yaml nor .hydra/config.yaml: "
-                       "pass the directory of an arena-train run")
-    register_resolvers()
-    cfg = OmegaConf.load(hydra_cfg)
-    cfg.output_dir = str(run_dir)
-    OmegaConf.resolve(cfg)
-    return cfg
+    if checkpoint in ("best", "last"):
+        return find_run_checkpoint(run_dir, checkpoint)[0]
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise RunError(f"checkpoint {checkpoint} does not exist; pass best, last or the path "
+                       "of a .ckpt file")
+    return path
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:

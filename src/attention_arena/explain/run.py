@@ -22,16 +22,13 @@ from ..data import load_tokenizer
 from ..data.errors import DataError
 from ..data.tokenizer import CLS_ID, PAD_ID, Tokenizer
 from ..model import TransformerClassifier
+from ..runs import RunError, find_checkpoint
 
 WORD = re.compile(r"\w+|[^\w\s]+")
 """A word: a run of letters and digits, or a run of punctuation."""
 
 
 SPLITS = ("train", "val", "test")
-
-
-class RunError(ValueError):
-    """A run directory that cannot be explained (no checkpoint, no tokenizer, bad input)."""
 
 
 @dataclass
@@ -176,20 +173,6 @@ class Run:
     def probabilities(self, ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Class probabilities (B, C); see :meth:`logits`."""
         return self.logits(ids, padding_mask).softmax(-1)
-
-
-def find_checkpoint(directory: Path) -> tuple[Path, list[str]]:
-    """The best checkpoint (``checkpoints/best*.ckpt``, the newest if several), else
-    ``last.ckpt`` with a note; a clear error if there is none."""
-    ckpts = directory / "checkpoints"
-    best = sorted(ckpts.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1], []
-    if (ckpts / "last.ckpt").is_file():
-        return ckpts / "last.ckpt", ["no best checkpoint: explaining last.ckpt"]
-    raise RunError(f"{directory} has no checkpoint (looked for checkpoints/best*.ckpt and "
-                   f"checkpoints/last.ckpt); pass a run directory written by arena-train with "
-                   f"checkpointing on (the result folders in results/ keep only metrics)")
 
 
 def load_config(directory: Path) -> dict:
