@@ -22,7 +22,7 @@ from ..data import load_tokenizer
 from ..data.errors import DataError
 from ..data.tokenizer import CLS_ID, PAD_ID, Tokenizer
 from ..model import TransformerClassifier
-from ..runs import RunError, find_checkpoint
+from ..runs import RunError, find_checkpoint, read_config
 
 WORD = re.compile(r"\w+|[^\w\s]+")
 """A word: a run of letters and digits, or a run of punctuation."""
@@ -176,10 +176,12 @@ class Run:
 
 
 def load_config(directory: Path) -> dict:
-    for path in (directory / "config_resolved.yaml", directory / ".hydra" / "config.yaml"):
-        if path.is_file():
-            return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    return {}
+    """The run's config, resolved (:func:`attention_arena.runs.read_config`); ``{}`` without
+    one (``--text`` and ``--file`` need none, ``--split`` rebuilds the data from it)."""
+    try:
+        return OmegaConf.to_container(read_config(directory), resolve=True)
+    except RunError:
+        return {}
 
 
 def load_run(directory: str | Path) -> Run:
