@@ -239,9 +239,11 @@ def test_peak_memory_is_reset_per_job():
     import pytest
 
     from attention_arena.lit_module import peak_memory_mb, reset_peak_memory
+    from attention_arena.utils import reset_peak_rss
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("per-job CPU peaks need /proc/self/clear_refs (Linux)")
+    if not sys.platform.startswith("linux") or not reset_peak_rss():
+        pytest.skip("this kernel refuses or ignores /proc/self/clear_refs (the fake-proc test "
+                    "below covers the check)")
     reset_peak_memory()
     before = peak_memory_mb()
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
@@ -251,6 +253,23 @@ def test_peak_memory_is_reset_per_job():
     after = peak_memory_mb()
     assert during >= before + 48
     assert after <= during - 48
+
+
+def test_reset_peak_rss_reports_a_kernel_that_keeps_the_old_peak(tmp_path, monkeypatch):
+    from attention_arena import utils
+
+    monkeypatch.setattr(utils, "PROC_SELF", tmp_path)
+    status = tmp_path / "status"
+    status.write_text("VmHWM:\t  972000 kB\nVmRSS:\t  400000 kB\n")  # write accepted, peak kept
+    assert utils.proc_status_kb("VmHWM") == 972000
+    assert not utils.reset_peak_rss()
+    assert (tmp_path / "clear_refs").read_text() == "5"
+    status.write_text("VmHWM:\t  400100 kB\nVmRSS:\t  400000 kB\n")  # peak reset to the RSS
+    assert utils.reset_peak_rss()
+    status.unlink()  # no figures at all: nothing to trust
+    assert not utils.reset_peak_rss()
+    monkeypatch.setattr(utils, "PROC_SELF", tmp_path / "missing")  # the write itself fails
+    assert not utils.reset_peak_rss()
 
 
 def test_predict_logits_keeps_order_and_mode():

@@ -59,8 +59,9 @@ def reset_peak_memory(device: torch.device | None = None) -> None:
     """Start a new peak, so the jobs of one multirun process do not inherit each other's."""
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats(device)
-    if not reset_peak_rss():
-        warnings.warn("cannot reset the peak RSS (/proc/self/clear_refs): on CPU, "
+    elif not reset_peak_rss():
+        warnings.warn("cannot reset the peak RSS (the kernel refuses or ignores "
+                      "/proc/self/clear_refs): on CPU, "
                       "sys/peak_memory_mb is the peak of the whole process, including earlier "
                       "jobs of a multirun", stacklevel=2)
 
