@@ -70,3 +70,26 @@ def test_a_rerun_is_one_job_with_its_number_in_its_sweep_directory(tmp_path):
     assert command[3:] == ["attention=full", "seed=1", "hydra.job.chdir=false", "hydra.job.num=3",
                            f"hydra.sweep.dir={tmp_path}",
                            f"hydra.run.dir={tmp_path}/${{hydra.sweep.subdir}}"]
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-baseline"]])
+def test_resume_remembers_whether_the_sweep_has_a_baseline(tmp_path, monkeypatch, flag):
+    from attention_arena import compare, compare_run
+
+    calls = []
+
+    def call(self, command):
+        calls.append(command)
+        (sweep / "multirun.yaml").write_text("{}")  # what the sweep would have written
+        return 0
+
+    monkeypatch.setattr(compare_run.SignalForwarder, "call", call)
+    monkeypatch.setattr(compare_run, "resume", lambda sweep_dir, runner: 0)
+    monkeypatch.setattr(compare_run, "baseline_command", lambda sweep_dir: ["baseline"])
+    monkeypatch.setattr(compare, "main", lambda argv: 0)
+    sweep = tmp_path / "sweep"
+    assert main(["--sweep-dir", str(sweep), *flag, "seed=0"]) == 0
+    assert (["baseline"] in calls) == (not flag)
+    calls.clear()
+    assert main(["--resume", str(sweep)]) == 0  # the baseline did not finish: rerun it, or not
+    assert calls == ([] if flag else [["baseline"]])

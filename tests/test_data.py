@@ -599,6 +599,18 @@ def test_finalize_carves_only_missing_splits():
     assert len(out["val"][0]) == 2 and len(out["train"][0]) == 18
 
 
+def test_a_fraction_that_leaves_a_split_empty_is_an_error(tmp_path):
+    raw = RawData({"train": ([f"t{i}" for i in range(20)], [i % 2 for i in range(20)])},
+                  ["a", "b"])
+    with pytest.raises(DataError, match="the val split is empty.*data.val_fraction > 0"):
+        finalize_splits(raw, 0.0, 0.1, seed=0)
+    with pytest.raises(DataError, match="the test split is empty.*data.test_fraction > 0"):
+        finalize_splits(raw, 0.1, 0.01, seed=0)  # 1% of 10 per class rounds to nothing
+    with pytest.raises(DataError, match="the val split is empty"):  # through the data module
+        TextClassificationDataModule(max_length=64, limit_examples=20, val_fraction=0.0,
+                                     cache_dir=str(tmp_path)).setup()
+
+
 def test_datamodule_pickles_for_ddp_spawn(tmp_path):
     import pickle
 

@@ -16,12 +16,14 @@ as failed and stops; the report covers what is there, and the exit status is 128
 number. ``--resume SWEEP_DIR`` reads the sweep's grid back from ``SWEEP_DIR/multirun.yaml`` and
 runs exactly its jobs that did not finish ``ok`` (never started, failed, or killed: a failed or
 killed job's directory is replaced), each as one ``arena-train`` process with its original job
-number and directory; the finished jobs' directories are left untouched. Then it reports.
+number and directory; the finished jobs' directories are left untouched. A sweep started with
+``--no-baseline`` remembers it (``SWEEP_DIR/arena-compare-run.json``). Then it reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import subprocess
@@ -39,6 +41,8 @@ TRAIN = [sys.executable, "-m", "attention_arena.train"]
 BASELINE = [sys.executable, "-m", "attention_arena.baseline"]
 # Hydra overrides of the original sweep that a rerun of one of its jobs must not repeat
 NOT_REPEATED = ("hydra.mode", "hydra.sweep.dir", "hydra.run.dir", "hydra.job.num")
+#: what ``--resume`` must know of the original call (written into the sweep directory)
+SETTINGS = "arena-compare-run.json"
 
 
 class SignalForwarder:
@@ -119,6 +123,14 @@ def baseline_command(sweep_dir: Path) -> list[str]:
             f"hydra.sweep.dir={sweep_dir / 'baseline'}", "hydra.sweep.subdir=s${seed}"]
 
 
+def wants_baseline(sweep_dir: Path) -> bool:
+    """Whether the sweep was started with its baseline (not ``--no-baseline``)."""
+    try:
+        return bool(json.loads((sweep_dir / SETTINGS).read_text()).get("baseline", True))
+    except (OSError, ValueError):
+        return True
+
+
 def baseline_done(sweep_dir: Path) -> bool:
     """Whether every job of the sweep's baseline finished ok."""
     try:
@@ -152,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the runs go (default: multirun/<experiment>_<timestamp>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
                         help="run the jobs of an earlier sweep that did not finish, then report")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="skip the TF-IDF + logistic regression baseline row")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
+                        help="skip the TF-IDF + logistic regression baseline row (--resume "
+                             "remembers it)")
     args, overrides = parser.parse_known_args(argv)
     if args.resume is not None and (overrides or args.sweep_dir):
         parser.error("--resume takes no overrides or --sweep-dir: the jobs are read from "
@@ -163,20 +176,24 @@ def main(argv: list[str] | None = None) -> int:
     with SignalForwarder() as runner:
         if args.resume is not None:
             sweep_dir = args.resume.resolve()
+            baseline = wants_baseline(sweep_dir) if args.baseline is None else args.baseline
             code = resume(sweep_dir, runner)
         else:
             sweep_dir = args.sweep_dir or Path("multirun") / (
                 f"{args.experiment}_{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+            baseline = args.baseline is None
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            (sweep_dir / SETTINGS).write_text(json.dumps({"baseline": baseline}) + "\n")
             code = runner.call([*TRAIN, "-m", f"experiment={args.experiment}",
                                 f"hydra.sweep.dir={sweep_dir}", *overrides])
-        if args.baseline and not runner.received and (sweep_dir / "multirun.yaml").is_file() \
+        if baseline and not runner.received and (sweep_dir / "multirun.yaml").is_file() \
                 and not baseline_done(sweep_dir):
             shutil.rmtree(sweep_dir / "baseline", ignore_errors=True)
             code = runner.call(baseline_command(sweep_dir)) or code
     counts, incomplete = unfinished(sweep_dir)
     print(f"sweep {'interrupted' if runner.received else 'ended'} after "
           f"{time.time() - start:.0f} s (exit status {code}); {counts}", flush=True)
-    if not sweep_dir.exists():
+    if not any(p.name != SETTINGS for p in sweep_dir.glob("*")):
         print(f"error: the sweep wrote nothing to {sweep_dir}; see the messages above",
               file=sys.stderr)
         return code or 1

@@ -315,6 +315,11 @@ def finalize_splits(
         else:
             idx = parts[name]
             out[name] = ([train_t[i] for i in idx], [train_l[i] for i in idx])
+        if not out[name][0]:  # the best checkpoint is picked on val; test makes the result
+            fix = (f"set data.{name}_fraction > 0 (default 0.1)" if name in wanted
+                   else "add examples to it")
+            raise DataError(f"the {name} split is empty ({len(train_t)} training examples to "
+                            f"carve it from); fix: {fix}.")
     return out
 
 
