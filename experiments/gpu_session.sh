@@ -9,8 +9,8 @@
 #    design-card backends x seeds 0-2, then (if the budget allows) the other four, the runs of a
 #    batch side by side on the one GPU; and a 200-step smoke run of the lra_listops preset;
 # 4. (first) masked-byte self-pretraining of the tiny model for README "Making models cheaper"
-#    (experiment=pretrain_bytes, 25 epochs, seeds 0-2, bf16-mixed), checkpoints kept: the
-#    fine-tuning runs on the CPU (experiments/cheaper_bytes.sh with PRETRAIN_DIR).
+#    (experiment=pretrain_bytes, 25 epochs, seeds 0-2, bf16-mixed), checkpoints kept for
+#    `arena-train experiment=cheaper_bytes init_from=OUT_DIR/pretrain/pretrain_full_L512_s<seed>`.
 # Run dirs land in OUT_DIR/runs (no checkpoints kept); read them with arena-compare OUT_DIR/runs.
 # ARENA_DRY=1 runs the same steps on the CPU at toy sizes (a check of this script).
 set -u
