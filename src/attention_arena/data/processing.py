@@ -315,11 +315,15 @@ def finalize_splits(
         else:
             idx = parts[name]
             out[name] = ([train_t[i] for i in idx], [train_l[i] for i in idx])
-        if not out[name][0]:  # the best checkpoint is picked on val; test makes the result
+        if not out[name][0]:
             fix = (f"set data.{name}_fraction > 0 (default 0.1)" if name in wanted
                    else "add examples to it")
-            raise DataError(f"the {name} split is empty ({len(train_t)} training examples to "
-                            f"carve it from); fix: {fix}.")
+            empty = f"the {name} split is empty ({len(train_t)} training examples to carve it from)"
+            if name == "val":  # training still works: no best checkpoint, the last one is tested
+                warnings.warn(f"{empty}: no checkpoint is picked on val, the final weights are "
+                              f"tested; fix: {fix}.", DataWarning, stacklevel=2)
+            else:  # nothing to train on, or nothing to measure the result on
+                raise DataError(f"{empty}; fix: {fix}.")
     return out
 
 
