@@ -859,3 +859,10 @@ def test_every_backend_learns_bbc_news(tmp_path, backend):
                       f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=1800)
     m = check_ok(run_dir, proc)
     assert m["test_acc"] > 0.80, json.dumps(m, indent=2)
+
+
+def test_a_run_without_test_examples_fails_before_training(tmp_path):
+    m = train_in_process(tmp_path, "data.test_fraction=0")
+    assert m["status"] == "failed" and m["steps"] in (None, 0)
+    assert m["error"].startswith("DataError: the test split is empty")
+    assert "test_after_fit=false" in m["error"]

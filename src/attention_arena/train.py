@@ -49,6 +49,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .attention import import_modules
+from .data.errors import DataError
 from .distill import distill_options, load_teacher, teacher_length
 from .transfer import check_encoder_shape, check_same_tokenizer, load_encoder, read_run
 from .utils import (
@@ -209,6 +210,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if cfg.get("test_after_fit", True) and not datamodule.split_sizes["test"]:
+        raise DataError("the test split is empty, so this run would train and then have nothing "
+                        "to be tested on; fix: raise data.test_fraction, give the data set a test "
+                        "split or more examples, or set test_after_fit=false.")
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     attention_cfg, notes = fit_attention_to_length(

@@ -315,15 +315,16 @@ def finalize_splits(
         else:
             idx = parts[name]
             out[name] = ([train_t[i] for i in idx], [train_l[i] for i in idx])
-        if not out[name][0]:
-            fix = (f"set data.{name}_fraction > 0 (default 0.1)" if name in wanted
-                   else "add examples to it")
-            empty = f"the {name} split is empty ({len(train_t)} training examples to carve it from)"
-            if name == "val":  # training still works: no best checkpoint, the last one is tested
-                warnings.warn(f"{empty}: no checkpoint is picked on val, the final weights are "
-                              f"tested; fix: {fix}.", DataWarning, stacklevel=2)
-            else:  # nothing to train on, or nothing to measure the result on
-                raise DataError(f"{empty}; fix: {fix}.")
+        if not out[name][0] and name != "train":  # a train split is never empty here
+            frac = wanted.get(name)
+            fix = ("add examples to it" if frac is None else
+                   f"set data.{name}_fraction > 0 (default 0.1)" if frac == 0 else
+                   f"raise data.{name}_fraction (now {frac}; it rounds to no example of any "
+                   f"class) or add examples")
+            consequence = ("no checkpoint is picked on val, the final weights are tested"
+                           if name == "val" else "a run has nothing to be tested on")
+            warnings.warn(f"the {name} split is empty ({len(train_t)} training examples to carve "
+                          f"it from): {consequence}; fix: {fix}.", DataWarning, stacklevel=2)
     return out
 
 
