@@ -3,15 +3,18 @@
 # (512 bytes, the main job's tiny 2 x 64 model, 2 epochs of fine-tuning; conf/experiment/
 # cheaper_bytes.yaml and pretrain_bytes.yaml). Writes results/pretrain/ and results/distill/
 # (run directories; git keeps their metrics.json and predictions.csv) and their tables.
-#   experiments/cheaper_bytes.sh [pretrain|finetune|scratch|distill|tables]...   (default: all)
-# About 30 minutes of an idle 2-core CPU: pretraining ~5 min, 18 classifier runs of ~70 s.
+#   experiments/cheaper_bytes.sh [pretrain|finetune|scratch|distill|pretrain10|finetune10|
+#                                 distill10|tables]...   (default: all)
+# About 30 minutes of an idle 2-core CPU for the first five (pretraining 1 epoch ~5 min, 18
+# classifier runs of ~70 s); the 10-epoch pretraining adds ~50 min and 9 runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 R=results
 SEEDS=(0 1 2)
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(pretrain finetune scratch distill tables)
+[ ${#steps[@]} -eq 0 ] && steps=(pretrain finetune scratch distill pretrain10 finetune10 distill10
+                                  tables)
 train() { "$PY" -m attention_arena.train experiment=cheaper_bytes "$@"; }
 
 for step in "${steps[@]}"; do
@@ -50,8 +53,22 @@ for step in "${steps[@]}"; do
         distill.alpha=0.9 distill.temperature=2.0 \
         hydra.run.dir=$R/distill/student_scratchteacher_a09_linformer_L512_s$s
     done ;;
+  pretrain10)  # the same pretraining for 10 epochs (2,590 steps)
+    "$PY" -m attention_arena.pretrain experiment=pretrain_bytes attention=full seed=0 \
+      trainer.max_epochs=10 hydra.run.dir=$R/pretrain/pretrain10_full_L512_s0 ;;
+  finetune10)
+    for a in full linformer; do for s in "${SEEDS[@]}"; do
+      train attention=$a seed=$s init_from=$R/pretrain/pretrain10_full_L512_s0 \
+        hydra.run.dir=$R/pretrain/init10_${a}_L512_s$s
+    done; done ;;
+  distill10)  # linformer students of the full models fine-tuned from it (alpha 0.9)
+    for s in "${SEEDS[@]}"; do
+      train attention=linformer seed=$s distill.teacher=$R/pretrain/init10_full_L512_s$s \
+        distill.alpha=0.9 distill.temperature=2.0 \
+        hydra.run.dir=$R/distill/student10_a09_linformer_L512_s$s
+    done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;
-  *) echo "unknown step $step (pretrain|finetune|scratch|distill|tables)" >&2; exit 2 ;;
+  *) echo "unknown step $step (see the usage line at the top)" >&2; exit 2 ;;
   esac
 done

@@ -103,7 +103,8 @@ NOTE = ("Byte-level BBC News, 512 bytes, tiny model (2 layers x 64), 2 epochs of
         "not comparable between rows.")
 
 
-T_PRE = "teacher: full, self-pretrained"
+T_PRE = "teacher: full, self-pretrained 1 epoch"
+T_PRE10 = "teacher: full, self-pretrained 10 epochs"
 T_SCRATCH = "teacher: full, from scratch"
 
 
@@ -114,13 +115,17 @@ def main() -> None:
     r = args.results
     pre = table(r, [
         ("full, from scratch", "bytes_full_512/*_full_L512_s*", None),
-        ("full, self-pretrained", "pretrain/init_full_L512_s*", "full, from scratch"),
+        ("full, self-pretrained 1 epoch", "pretrain/init_full_L512_s*", "full, from scratch"),
+        ("full, self-pretrained 10 epochs", "pretrain/init10_full_L512_s*", "full, from scratch"),
         ("linformer, from scratch", "pretrain/scratch_linformer_L512_s*", None),
-        ("linformer, self-pretrained (full)", "pretrain/init_linformer_L512_s*",
+        ("linformer, self-pretrained 1 epoch (full)", "pretrain/init_linformer_L512_s*",
+         "linformer, from scratch"),
+        ("linformer, self-pretrained 10 epochs (full)", "pretrain/init10_linformer_L512_s*",
          "linformer, from scratch"),
     ], "Self-pretraining: fine-tuning a masked-byte pretrained encoder vs training from scratch",
         NOTE + " Pretraining: `arena-pretrain experiment=pretrain_bytes attention=full seed=0` "
-        "(one run, shared by every fine-tuning seed).")
+        "for 1 epoch (259 steps) or with `trainer.max_epochs=10` (2,590 steps); one run each, "
+        "shared by every fine-tuning seed.")
     write(r / "pretrain", pre)
     students = {  # distilled row -> (runs, its teacher's row)
         "linformer, distilled (alpha 0.5)": ("distill/student_linformer_L512_s*", T_PRE),
@@ -128,9 +133,12 @@ def main() -> None:
         "linformer, distilled (alpha 1.0)": ("distill/student_a10_linformer_L512_s*", T_PRE),
         "linformer, distilled from full from scratch (alpha 0.9)": (
             "distill/student_scratchteacher_a09_linformer_L512_s*", T_SCRATCH),
+        "linformer, distilled from full self-pretrained 10 epochs (alpha 0.9)": (
+            "distill/student10_a09_linformer_L512_s*", T_PRE10),
     }
     dis = table(r, [
         (T_PRE, "pretrain/init_full_L512_s*", None),
+        (T_PRE10, "pretrain/init10_full_L512_s*", None),
         (T_SCRATCH, "bytes_full_512/*_full_L512_s*", None),
         ("linformer, from scratch", "pretrain/scratch_linformer_L512_s*", None),
         *((label, pattern, "linformer, from scratch") for label, (pattern, _) in students.items()),
