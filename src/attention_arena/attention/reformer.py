@@ -300,20 +300,27 @@ class ReformerAttention(SelfAttention):
         self.seed, self.calls = int(state["seed"]), int(state["calls"])
         self._cached = None
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The shared query-key projection and the values in one GEMM: (qk, qk, v). Quantized
-        or hook-masked projections (see :func:`~.base.plain_linears`) are called as modules."""
+    def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared query-key projection and the values in one GEMM: (qk, qk, v), each
+        (B, N, H, d). Quantized or hook-masked projections (see :func:`~.base.plain_linears`)
+        are called as modules."""
+        heads = (self.num_heads, self.head_dim)
         if not plain_linears(self.q_proj, self.k_proj, self.v_proj):
-            qk = self.split_heads((self.q_proj(x) + self.k_proj(x)) / 2)
-            return qk, qk, self.split_heads(self.v_proj(x))
+            qk = ((self.q_proj(x) + self.k_proj(x)) / 2).unflatten(-1, heads)
+            return qk, qk, self.v_proj(x).unflatten(-1, heads)
         w_qk = (self.q_proj.weight + self.k_proj.weight) / 2
         weight = torch.cat([w_qk, self.v_proj.weight])
         bias = None
         if self.q_proj.bias is not None:
             bias = torch.cat([(self.q_proj.bias + self.k_proj.bias) / 2, self.v_proj.bias])
-        qk, v = F.linear(x, weight, bias).chunk(2, dim=-1)
-        qk = self.split_heads(qk)
-        return qk, qk, self.split_heads(v)
+        qk, v = F.linear(x, weight, bias).unflatten(-1, (2, *heads)).unbind(2)
+        return qk, qk, v
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(qk, qk, v) of :meth:`project_tokens` with the heads at dim 1 (B, H, N, d)."""
+        qk, _, v = self.project_tokens(x)
+        qk = qk.transpose(1, 2)
+        return qk, qk, v.transpose(1, 2)
 
     def rotations(self, n_half: int, device: torch.device) -> Tensor:
         """The rotations (n_hashes, head_dim, >= n_half) of this pass: draw number ``calls``
@@ -329,7 +336,7 @@ class ReformerAttention(SelfAttention):
         return rotations
 
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
-        # q is the shared query-key (project_qkv returns it as k too)
+        # q is the shared query-key (project_tokens returns it as k too)
         lengths = torch.full((q.shape[0],), q.shape[2], device=q.device)
         if key_padding_mask is not None:
             lengths = (~key_padding_mask).sum(-1)
