@@ -230,6 +230,15 @@ def plain_linears(*modules: nn.Module) -> bool:
                and m.weight.is_floating_point() for m in modules)
 
 
+def fusable(x: Tensor, *layers: nn.Module) -> bool:
+    """True where a backend may compute its module as one function of ``x`` and the layers'
+    weights instead of calling them: plain float ``nn.Linear`` layers, an fp32 or fp64 input,
+    autocast off. Otherwise (quantized or pruning-masked layers, half precision, autocast,
+    which runs the projections in half precision) the per-head path keeps those semantics."""
+    return (plain_linears(*layers) and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(x.device.type))
+
+
 def linear_bias(module: nn.Module) -> Tensor | None:
     """The bias of a Linear layer, float or quantized (``torch.ao`` modules return it from a
     method)."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SelfAttention, plain_linears
+from .base import SelfAttention, fusable
 from .registry import register_attention
 
 
@@ -177,8 +177,7 @@ class LinearAttention(SelfAttention):
         """As :meth:`SelfAttention.forward`; with plain float projections in fp32/fp64 and
         autocast off, one fused pass (:class:`_FusedLinearAttention`, the same function)."""
         layers = (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
-        if (not plain_linears(*layers) or x.dtype not in (torch.float32, torch.float64)
-                or torch.is_autocast_enabled(x.device.type)):
+        if not fusable(x, *layers):
             return super().forward(x, key_padding_mask, global_mask)
         self.check_input(x, key_padding_mask, global_mask)
         params = [t for layer in layers for t in (layer.weight, layer.bias)]
