@@ -76,22 +76,25 @@ def _look_back(t: Tensor, fill: int) -> Tensor:
     return torch.cat([F.pad(t, (0, 0, 1, 0), value=fill)[..., :-1, :], t], dim=-1)
 
 
-def _pair_products(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
-    """Scores of every chunk with its own chunk and the one before, in place:
-    a, b (G·C, c, d) -> out (G·C, c, 2c) = [a_i b_{i-1}ᵀ | a_i b_iᵀ] (zeros for i = 0)."""
-    c = a.shape[1]
-    torch.bmm(a, b.transpose(1, 2), out=out[:, :, c:])
-    torch.bmm(a[1:], b[:-1].transpose(1, 2), out=out[1:, :, :c])
-    out[0, :, :c] = 0
-    return out
+def _with_previous(t: Tensor) -> Tensor:
+    """(G·C, c, d) -> (G·C, 2c, d): every chunk preceded by the chunk before (zeros before the
+    first), as overlapping windows of one padded copy (a strided view: no per-chunk copies)."""
+    n, c, d = t.shape
+    flat = F.pad(t.reshape(n * c, d), (0, 0, c, 0))  # (c + n·c, d)
+    return flat.as_strided((n, 2 * c, d), (c * d, d, 1))
+
+
+def _pair_products(a: Tensor, b: Tensor) -> Tensor:
+    """Scores of every chunk with the chunk before and its own:
+    a, b (G·C, c, d) -> (G·C, c, 2c) = [a_i b_{i-1}ᵀ | a_i b_iᵀ] (zeros for i = 0). One batched
+    product with a contiguous result (writing into slices of a larger result makes the CPU
+    kernel loop over the G·C chunks one by one)."""
+    return a @ _with_previous(b).transpose(1, 2)
 
 
 def _weighted_sums(w: Tensor, b: Tensor) -> Tensor:
     """The inverse pairing: w (G·C, c, 2c), b (G·C, c, d) -> w_i[:, :c] b_{i-1} + w_i[:, c:] b_i."""
-    c = b.shape[1]
-    out = torch.bmm(w[:, :, c:], b)
-    out[1:].baddbmm_(w[1:, :, :c], b[:-1])
-    return out
+    return w @ _with_previous(b)
 
 
 def _weighted_sums_t(w: Tensor, a: Tensor) -> Tensor:
@@ -121,7 +124,7 @@ class _ChunkedAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, c: int):
         G, Np, d = q.shape
         qc, kc, vc = q.reshape(-1, c, d), k.reshape(-1, c, d), v.reshape(-1, c, d)
-        scores = _pair_products(qc, kc, q.new_empty(qc.shape[0], c, 2 * c))
+        scores = _pair_products(qc, kc)  # (G·C, c, 2c)
         scores.masked_fill_(blocked.view_as(scores), float("-inf"))
         top = scores.amax(-1, keepdim=True)
         weights = torch.softmax(scores, -1)
@@ -137,7 +140,7 @@ class _ChunkedAttention(torch.autograd.Function):
         c = qc.shape[1]
         grad_out = grad_out.reshape(-1, c, d)
         delta = (grad_out * out).sum(-1, keepdim=True) - grad_lse.reshape(-1, c, 1)
-        grad_scores = _pair_products(grad_out, vc, torch.empty_like(weights))  # dO Vᵀ
+        grad_scores = _pair_products(grad_out, vc)  # dO Vᵀ
         grad_scores.sub_(delta).mul_(weights)  # dS
         grad_q = _weighted_sums(grad_scores, kc).view(G, Np, d)
         grad_k = _weighted_sums_t(grad_scores, qc).view(G, Np, d)
