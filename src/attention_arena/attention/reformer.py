@@ -80,7 +80,7 @@ def _with_previous(t: Tensor) -> Tensor:
     """(G·C, c, d) -> (G·C, 2c, d): every chunk preceded by the chunk before (zeros before the
     first), as overlapping windows of one padded copy (a strided view: no per-chunk copies)."""
     n, c, d = t.shape
-    flat = F.pad(t.reshape(n * c, d), (0, 0, c, 0))  # (c + n·c, d)
+    flat = torch.cat([t.new_zeros(c, d), t.reshape(n * c, d)])  # (c + n·c, d)
     return flat.as_strided((n, 2 * c, d), (c * d, d, 1))
 
 
@@ -127,8 +127,10 @@ class _ChunkedAttention(torch.autograd.Function):
         scores = _pair_products(qc, kc)  # (G·C, c, 2c)
         scores.masked_fill_(blocked.view_as(scores), float("-inf"))
         top = scores.amax(-1, keepdim=True)
-        weights = torch.softmax(scores, -1)
-        lse = top - weights.amax(-1, keepdim=True).log()  # largest weight = exp(top - lse)
+        weights = scores.sub_(top).exp_()  # softmax in the scores' buffer (no second one)
+        total = weights.sum(-1, keepdim=True)
+        weights.div_(total)
+        lse = top + total.log()
         out = _weighted_sums(weights, vc)  # (G·C, c, d)
         ctx.save_for_backward(qc, kc, vc, weights, out)
         return out.view(G, Np, d), lse.view(G, Np)
@@ -169,10 +171,12 @@ def lsh_pattern(qk: Tensor, rotations: Tensor, n_buckets: Tensor, keep: Tensor,
     pos_k = _look_back(pos_q, fill=-1)
     # blocked: another bucket, padding, or itself ...
     itself = pos_q[..., :, None] == pos_k[..., None, :]  # (B, H, R, C, c, 2c)
-    blocked = ((b_q[..., :, None] != b_k[..., None, :]) | (b_k == never)[..., None, :]
-               | itself)
-    # ... but a token with no other key attends to itself
-    blocked &= ~(itself & blocked.all(-1, keepdim=True))
+    blocked = b_q[..., :, None] != b_k[..., None, :]
+    blocked |= (b_k == never)[..., None, :]
+    blocked |= itself
+    # ... but a token with no other key attends to itself (in place: these are N · 2c each)
+    itself &= blocked.all(-1, keepdim=True)
+    blocked ^= itself
     return order, blocked
 
 
