@@ -135,11 +135,10 @@ class _FusedLinearAttention(torch.autograd.Function):
         grad_m = (s.flatten(2).transpose(1, 2) @ grad_y).view(B, H, d, D)
         grad_s = (grad_y @ m.transpose(1, 2)).view(B, N, H, d)  # buffer 1
         # S = φ(Q) / den, den = φ(Q)·Σφ(K): dden = −Σ dS·S / den
-        tmp = torch.mul(grad_s, s)  # buffer 2
-        grad_den = tmp.sum(-1, keepdim=True).div_(den).neg_()  # (B, N, H, 1)
+        grad_den = torch.einsum("bnhd,bnhd->bnh", grad_s, s).unsqueeze(-1).div_(den).neg_()
         grad_fq = grad_s.div_(den).addcmul_(grad_den, k_sum[:, None])  # dφ(Q)
         grad_k_sum = torch.einsum("bnhd,bnh->bhd", s, (grad_den * den).squeeze(-1))
-        grad_aq = grad_fq.mul_(torch.mul(s, den, out=tmp).clamp_(max=1.0))  # elu'(x) = min(φ, 1)
+        grad_aq = _times_elu_grad(grad_fq, s, den)
         # M = φ(K)ᵀV Wₒᵀ per head, φ(K)ᵀV = p Wᵥᵀ + Σφ(K) bᵥᵀ
         grad_kv = grad_m @ wo.view(D, H, d).transpose(0, 1)  # (B, H, d, d)
         grad_wo = torch.einsum("bhde,bhdo->ohe", kv, grad_m).reshape(D, H * d)
@@ -151,17 +150,27 @@ class _FusedLinearAttention(torch.autograd.Function):
             grad_k_sum += torch.einsum("bhde,he->bhd", grad_kv, bv.view(H, d))
         # p = φ(K)ᵀX, and the q projection
         x2, grad_aq = x.reshape(B * N, D), grad_aq.view(B * N, H * d)
-        grad_x = (grad_aq.view(B, N, H * d) @ wq).baddbmm_(fk.flatten(2), grad_p)  # buffer 3
+        grad_x = (grad_aq.view(B, N, H * d) @ wq).baddbmm_(fk.flatten(2), grad_p)  # buffer 2
         grad_wq, grad_bq = grad_aq.t() @ x2, grad_aq.sum(0) if ctx.biases[0] else None
         # dφ(K) into buffer 1, then the k projection
         grad_ak = torch.bmm(x, grad_p.transpose(1, 2), out=grad_aq.view(B, N, H * d))
         grad_ak = grad_ak.view(B, N, H, d).add_(grad_k_sum[:, None])
-        grad_ak = grad_ak.mul_(torch.clamp(fk, max=1.0, out=tmp)).view(B * N, H * d)  # φ = 0: 0
+        grad_ak = _times_elu_grad(grad_ak, fk).view(B * N, H * d)  # padded keys: φ = 0, so 0
         grad_x.view(B * N, D).addmm_(grad_ak, wk)
         grad_wk, grad_bk = grad_ak.t() @ x2, grad_ak.sum(0) if ctx.biases[1] else None
         grad_bo = grad_y.sum((0, 1)) if bo is not None else None
         return (grad_x, grad_wq, grad_bq, grad_wk, grad_bk, grad_wv, grad_bv, grad_wo, grad_bo,
                 None, None)
+
+
+def _times_elu_grad(grad: Tensor, phi: Tensor, den: Tensor | None = None,
+                    rows: int = 1024) -> Tensor:
+    """grad ⊙ elu'(x) = grad ⊙ min(φ(x), 1) in place, with φ = ``phi`` (· ``den`` if given);
+    all (B, N, ·, ·). In slices of ``rows`` tokens: the temporaries stay small (in cache)."""
+    for i in range(0, grad.shape[1], rows):
+        f = phi[:, i:i + rows] if den is None else phi[:, i:i + rows] * den[:, i:i + rows]
+        grad[:, i:i + rows].mul_(f.clamp(max=1.0))
+    return grad
 
 
 @register_attention("linear")
