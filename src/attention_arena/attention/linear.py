@@ -136,9 +136,11 @@ class _FusedLinearAttention(torch.autograd.Function):
         grad_s = (grad_y @ m.transpose(1, 2)).view(B, N, H, d)  # buffer 1
         # S = φ(Q) / den, den = φ(Q)·Σφ(K): dden = −Σ dS·S / den
         grad_den = torch.einsum("bnhd,bnhd->bnh", grad_s, s).unsqueeze(-1).div_(den).neg_()
-        grad_fq = grad_s.div_(den).addcmul_(grad_den, k_sum[:, None])  # dφ(Q)
         grad_k_sum = torch.einsum("bnhd,bnh->bhd", s, (grad_den * den).squeeze(-1))
-        grad_aq = _times_elu_grad(grad_fq, s, den)
+        for g, s_, den_, grad_den_ in _row_slices(grad_s, s, den, grad_den):
+            g.div_(den_).addcmul_(grad_den_, k_sum[:, None])  # dφ(Q) ...
+            g.mul_(torch.mul(s_, den_).clamp_(max=1.0))  # ... ⊙ elu'(x) = min(φ(x), 1)
+        grad_aq = grad_s
         # M = φ(K)ᵀV Wₒᵀ per head, φ(K)ᵀV = p Wᵥᵀ + Σφ(K) bᵥᵀ
         grad_kv = grad_m @ wo.view(D, H, d).transpose(0, 1)  # (B, H, d, d)
         grad_wo = torch.einsum("bhde,bhdo->ohe", kv, grad_m).reshape(D, H * d)
@@ -154,8 +156,10 @@ class _FusedLinearAttention(torch.autograd.Function):
         grad_wq, grad_bq = grad_aq.t() @ x2, grad_aq.sum(0) if ctx.biases[0] else None
         # dφ(K) into buffer 1, then the k projection
         grad_ak = torch.bmm(x, grad_p.transpose(1, 2), out=grad_aq.view(B, N, H * d))
-        grad_ak = grad_ak.view(B, N, H, d).add_(grad_k_sum[:, None])
-        grad_ak = _times_elu_grad(grad_ak, fk).view(B * N, H * d)  # padded keys: φ = 0, so 0
+        grad_ak = grad_ak.view(B, N, H, d)
+        for g, fk_ in _row_slices(grad_ak, fk):  # dφ(K) ⊙ elu'; padded keys: φ = 0, so 0
+            g.add_(grad_k_sum[:, None]).mul_(fk_.clamp(max=1.0))
+        grad_ak = grad_ak.view(B * N, H * d)
         grad_x.view(B * N, D).addmm_(grad_ak, wk)
         grad_wk, grad_bk = grad_ak.t() @ x2, grad_ak.sum(0) if ctx.biases[1] else None
         grad_bo = grad_y.sum((0, 1)) if bo is not None else None
@@ -163,14 +167,11 @@ class _FusedLinearAttention(torch.autograd.Function):
                 None, None)
 
 
-def _times_elu_grad(grad: Tensor, phi: Tensor, den: Tensor | None = None,
-                    rows: int = 1024) -> Tensor:
-    """grad ⊙ elu'(x) = grad ⊙ min(φ(x), 1) in place, with φ = ``phi`` (· ``den`` if given);
-    all (B, N, ·, ·). In slices of ``rows`` tokens: the temporaries stay small (in cache)."""
-    for i in range(0, grad.shape[1], rows):
-        f = phi[:, i:i + rows] if den is None else phi[:, i:i + rows] * den[:, i:i + rows]
-        grad[:, i:i + rows].mul_(f.clamp(max=1.0))
-    return grad
+def _row_slices(*tensors: Tensor, rows: int = 1024):
+    """Slices of ``rows`` tokens of (B, N, ...) tensors, zipped: element-wise chains run on
+    cache-sized pieces, with small temporaries."""
+    for i in range(0, tensors[0].shape[1], rows):
+        yield tuple(t[:, i:i + rows] for t in tensors)
 
 
 @register_attention("linear")
