@@ -163,10 +163,9 @@ def nystrom_module(x: Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.L
     m = min(num_landmarks, N)
     scale = d**-0.5
     x_land, used = segment_means(x[:, None], m, key_padding_mask)  # (B, 1, m, D)
+    # (an empty segment's landmark is the bias here, 0 on the per-head path: no weight either way)
     q_land, k_land = (p(x_land[:, 0]).unflatten(-1, (H, d)).transpose(1, 2)  # (B, H, m, d)
                       for p in (q_proj, k_proj))
-    if used is not None:  # an empty segment's landmark is 0, not the bias
-        q_land, k_land = (t * used[:, None, :, None] for t in (q_land, k_land))
     q_land = q_land * scale
     # kernel₁ = softmax(Q K̃ᵀ/√d), in the token layout (B, N, H, m)
     k_scaled = k_land * scale
