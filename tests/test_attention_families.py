@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from attention_arena.attention import build_attention, reference_attention
+from attention_arena.attention.base import SelfAttention
 from attention_arena.attention.linear import linear_attention
 from attention_arena.attention.nystrom import (
     iterative_pinv,
@@ -354,6 +355,46 @@ def test_reformer_bad_options_are_clear_errors():
         make("reformer", bucket_size=0)
     with pytest.raises(ValueError, match="n_hashes must be a positive integer"):
         make("reformer", n_hashes=1.5)
+
+
+# --- linear and nystrom: the module computed from x (projections folded in) -----------------
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("N", [48, 50])
+@pytest.mark.parametrize("name,kw", [("linear", {}), ("nystrom", {"num_landmarks": 8}),
+                                     ("nystrom", {"num_landmarks": 64}),
+                                     ("nystrom", {"num_landmarks": 8, "pinv_iterations": None})])
+def test_fused_module_equals_the_per_head_path(name, kw, N, bias):
+    """In fp64/fp32 without autocast, ``linear`` and ``nystrom`` compute the whole module from
+    x and the projection weights; the per-head path (project, attend, out_proj) must give the
+    same outputs and gradients: equal segments or not, padding (a row all padding), pruned heads."""
+    attn = make(name, bias=bias, **kw).double()
+    x = torch.randn(3, N, D, dtype=torch.float64, requires_grad=True)
+    pad = tail_padding([N, 31, 0], N)
+    pad[0, 5] = True  # padding in the middle too
+    for pruned in (False, True):
+        if pruned:
+            attn.prune_heads([0, 2, 3])
+        for mask in (None, pad):
+            fused, per_head = attn(x, mask), SelfAttention.forward(attn, x, mask)
+            torch.testing.assert_close(fused, per_head, atol=1e-12, rtol=0)
+            if kw.get("pinv_iterations", 6) is None:
+                continue  # the SVD pseudo-inverse's backward is ill-conditioned: outputs only
+            g = torch.randn_like(fused)
+            params = [x, *attn.parameters()]
+            for a, b in zip(torch.autograd.grad(fused, params, g),
+                            torch.autograd.grad(per_head, params, g), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_fused_module_is_skipped_under_autocast_and_for_hooked_projections():
+    """Autocast (half-precision projections) and non-plain projections keep the per-head path."""
+    attn = make("linear")
+    x = torch.randn(2, 20, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attn(x).dtype == torch.bfloat16  # out_proj ran under autocast, as before
+    torch.nn.utils.prune.l1_unstructured(attn.q_proj, "weight", amount=0.5)
+    torch.testing.assert_close(attn(x), SelfAttention.forward(attn, x), atol=0, rtol=0)
 
 
 # --- all three: invariances, gradients, half precision, configs, FLOPs ------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TESTS = "tests/test_attention.py"
 SPARSE_TESTS = "tests/test_attention_sparse.py"
+FAMILY_TESTS = "tests/test_attention_families.py"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,25 @@ MUTATIONS = [
              "x = x * real[..., None]", "x = x", "linformer"),
     Mutation("linformer: drop the padding zeroing before the projection (core)", "linformer.py",
              "k, v = k * keep, v * keep", "k, v = k, v", "linformer"),
+    Mutation("sparse: key windows' backward keeps one block per window", "_sparse.py",
+             "out[:, :, j:j + nb] += piece", "out[:, :, j:j + nb] = piece", "longformer"),
+    Mutation("linear: token-layout backward without the denominator's Σφ(K) term", "linear.py",
+             "grad_fq.addcmul_(grad_den, k_sum[:, None])", "grad_fq.mul_(1.0)",
+             "linear or core_gradchecks", FAMILY_TESTS),
+    Mutation("linear: fused backward without the denominator's Σφ(K) term", "linear.py",
+             "g.div_(den_).addcmul_(grad_den_, k_sum[:, None])", "g.div_(den_)",
+             "linear", FAMILY_TESTS),
+    Mutation("linear: fused backward takes elu' of the keys as 1", "linear.py",
+             "g.add_(grad_k_sum[:, None]).mul_(fk_.clamp(max=1.0))",
+             "g.add_(grad_k_sum[:, None])", "linear", FAMILY_TESTS),
+    Mutation("linear: fused forward counts padded keys", "linear.py",
+             "no count\n            fk.masked_fill_(pad[:, :, None, None], 0.0)",
+             "no count\n            pass", "linear", FAMILY_TESTS),
+    Mutation("nystrom: fused module drops the value bias", "nystrom.py",
+             "v_land = v_land + v_proj.bias.view(H, 1, d)", "v_land = v_land", "nystrom",
+             FAMILY_TESTS),
+    Mutation("nystrom: fused module drops b_q K̃ᵀ from kernel 1", "nystrom.py",
+             "scores_1 += bias_1.flatten(1)[:, None]", "pass", "nystrom", FAMILY_TESTS),
 ]
 
 

@@ -1,8 +1,11 @@
 """What every backend shares: the q/k/v/out projections, the head split, and input checks.
 
 A backend subclasses :class:`SelfAttention` and implements :meth:`SelfAttention.attend`, which maps
-per-head ``q, k, v`` of shape (B, H, N, d) to (B, H, N, d). Parameter names are identical across
-backends, so weights move between them with ``load_state_dict(..., strict=False)``.
+per-head ``q, k, v`` of shape (B, H, N, d) to (B, H, N, d). A backend whose core is faster in the
+projections' own token layout (B, N, H, d) may also override :meth:`SelfAttention.attend_tokens`,
+which ``forward`` calls (by default it moves the heads to dim 1 and calls ``attend``). Parameter
+names are identical across backends, so weights move between them with
+``load_state_dict(..., strict=False)``.
 
 The projections map the model width D to the inner width H·d and back. They start equal (H·d = D);
 :meth:`SelfAttention.prune_heads` removes heads, so the inner width shrinks while D stays.
@@ -73,18 +76,22 @@ class SelfAttention(nn.Module):
     def merge_heads(self, t: Tensor) -> Tensor:  # (B, H, N, d) -> (B, N, H·d)
         return t.transpose(1, 2).flatten(2)
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (B, H, N, d) of x (B, N, D): one fused GEMM while the projections are plain
+    def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v (B, N, H, d) of x (B, N, D): one fused GEMM while the projections are plain
         float ``nn.Linear`` layers (same result as the three layers, faster); otherwise
         (quantized, or masked by ``torch.nn.utils.prune``) each projection module is called."""
+        heads = (self.num_heads, self.head_dim)
         if not plain_linears(self.q_proj, self.k_proj, self.v_proj):
-            return tuple(self.split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+            return tuple(p(x).unflatten(-1, heads) for p in (self.q_proj, self.k_proj, self.v_proj))
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         bias = None
         if self.q_proj.bias is not None:
             bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
-        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        return tuple(t.unflatten(-1, heads) for t in F.linear(x, weight, bias).chunk(3, dim=-1))
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v (B, H, N, d) of x (B, N, D): :meth:`project_tokens` with the heads at dim 1."""
+        return tuple(t.transpose(1, 2) for t in self.project_tokens(x))
 
     def forward(
         self,
@@ -94,9 +101,10 @@ class SelfAttention(nn.Module):
     ) -> Tensor:
         """``x`` (B, N, D); masks bool (B, N): True = padding / True = global token."""
         self.check_input(x, key_padding_mask, global_mask)
-        q, k, v = self.project_qkv(x)
-        out = self.attend(q, k, v, key_padding_mask=key_padding_mask, global_mask=global_mask)
-        return self.finish(out, key_padding_mask)
+        q, k, v = self.project_tokens(x)  # (B, N, H, d)
+        out = self.attend_tokens(q, k, v, key_padding_mask=key_padding_mask,
+                                 global_mask=global_mask)  # (B, N, H, d)
+        return self.finish(out.transpose(1, 2), key_padding_mask)
 
     def check_input(self, x: Tensor, key_padding_mask: Tensor | None,
                     global_mask: Tensor | None) -> None:
@@ -122,6 +130,20 @@ class SelfAttention(nn.Module):
     ) -> Tensor:
         """Per-head attention core: (B, H, N, d) x3 -> (B, H, N, d)."""
         raise NotImplementedError
+
+    def attend_tokens(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None = None,
+        global_mask: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`attend` in the token layout: (B, N, H, d) x3 -> (B, N, H, d). The default
+        moves the heads to dim 1 and back (views); override it to skip those transposes."""
+        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                          key_padding_mask=key_padding_mask, global_mask=global_mask)
+        return out.transpose(1, 2)
 
     def attention_weights(
         self,
@@ -206,6 +228,15 @@ def plain_linears(*modules: nn.Module) -> bool:
     not a quantized module or tensor, not a weight recomputed by a pruning hook."""
     return all(isinstance(m, nn.Linear) and type(m.weight) is nn.Parameter
                and m.weight.is_floating_point() for m in modules)
+
+
+def fusable(x: Tensor, *layers: nn.Module) -> bool:
+    """True where a backend may compute its module as one function of ``x`` and the layers'
+    weights instead of calling them: plain float ``nn.Linear`` layers, an fp32 or fp64 input,
+    autocast off. Otherwise (quantized or pruning-masked layers, half precision, autocast,
+    which runs the projections in half precision) the per-head path keeps those semantics."""
+    return (plain_linears(*layers) and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(x.device.type))
 
 
 def linear_bias(module: nn.Module) -> Tensor | None:

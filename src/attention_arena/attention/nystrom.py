@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import SelfAttention, check_heads
+from .base import SelfAttention, check_heads, fusable
 from .registry import register_attention
 
 
@@ -99,35 +99,99 @@ def nystrom_kernels(
     dtype = torch.promote_types(q.dtype, torch.float32)
     scale = d**-0.5  # applied to the m landmarks, not to the N queries
     q, k = q.to(dtype), k.to(dtype)
-    neg = torch.finfo(dtype).min  # finite: a row with every entry masked stays finite
-    if key_padding_mask is None and N % m == 0:  # equal segments: plain means
-        q_land = q.unflatten(2, (m, N // m)).mean(3) * scale  # (B, H, m, d)
-        k_land = k.unflatten(2, (m, N // m)).mean(3)
-        kernel_1 = torch.softmax(q @ (k_land * scale).transpose(-1, -2), -1)  # (B, H, N, m)
-        kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), -1)  # (B, H, m, m)
-        kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2), -1)  # (B, H, m, N)
-    else:
-        keep = torch.ones(B, N, dtype=torch.bool, device=q.device)
-        if key_padding_mask is not None:
-            keep = ~key_padding_mask
-        segment = landmark_segments(keep, m)
-        q_land, counts = landmark_means(q, segment, m)
-        q_land = q_land * scale
-        k_land, _ = landmark_means(k, segment, m)
-        used = (counts > 0)[:, None, None, :]  # (B, 1, 1, m): landmarks with a token
-        scores_1 = q @ (k_land * scale).transpose(-1, -2)
-        kernel_1 = torch.softmax(scores_1.masked_fill(~used, neg), -1)
-        kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~used, neg), -1)
-        # empty landmarks: identity rows, so A = blockdiag(A_real, I) up to a permutation
-        eye = torch.eye(m, dtype=torch.bool, device=q.device)
-        kernel_2 = torch.where(used.transpose(-1, -2), kernel_2, eye.to(dtype))
-        scores_3 = (q_land @ k.transpose(-1, -2)).masked_fill(~keep[:, None, None, :], neg)
-        kernel_3 = torch.softmax(scores_3, -1)
+    q_land, used = segment_means(q, m, key_padding_mask)
+    q_land = q_land * scale
+    k_land, _ = segment_means(k, m, key_padding_mask)
+    keep = None if key_padding_mask is None else ~key_padding_mask
+    kernel_1 = softmax_over(q @ (k_land * scale).transpose(-1, -2), used)  # (B, H, N, m)
+    kernel_3 = softmax_over(q_land @ k.transpose(-1, -2), keep)  # (B, H, m, N)
+    return kernel_1, middle_pinv(q_land, k_land, used, pinv_iterations), kernel_3
+
+
+def segment_means(x: Tensor, m: int, key_padding_mask: Tensor | None
+                  ) -> tuple[Tensor, Tensor | None]:
+    """Landmarks of x (B, H, N, d): the means of the m segments of the real tokens
+    (B, H, m, d), and which landmarks have a token, bool (B, m); None when every segment has
+    N / m tokens (no padding, N a multiple of m: plain means)."""
+    B, H, N, d = x.shape
+    if key_padding_mask is None and N % m == 0:
+        return x.unflatten(2, (m, N // m)).mean(3), None
+    keep = torch.ones(B, N, dtype=torch.bool, device=x.device)
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask
+    means, counts = landmark_means(x, landmark_segments(keep, m), m)
+    return means, counts > 0
+
+
+def softmax_over(scores: Tensor, allowed: Tensor | None) -> Tensor:
+    """Softmax over the last dim of scores (B, ·, ·, M), with the columns not ``allowed``
+    (bool (B, M), None = all) at a finite minimum: a row with none allowed stays finite."""
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed[:, None, None, :], torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, -1)
+
+
+def middle_pinv(q_land: Tensor, k_land: Tensor, used: Tensor | None,
+                pinv_iterations: int | None) -> Tensor:
+    """A⁺ for A = softmax(Q̃ K̃ᵀ/√d), landmarks (B, H, m, d) with ``q_land`` already scaled ->
+    (B, H, m, m). Empty landmarks (not ``used`` (B, m)) get identity rows and no weight as keys,
+    so A = blockdiag(A_real, I) up to a permutation and they stay apart in A⁺."""
+    kernel_2 = softmax_over(q_land @ k_land.transpose(-1, -2), used)
+    if used is not None:
+        eye = torch.eye(kernel_2.shape[-1], dtype=kernel_2.dtype, device=kernel_2.device)
+        kernel_2 = torch.where(used[:, None, :, None], kernel_2, eye)
     if pinv_iterations is None:
-        pinv = torch.linalg.pinv(kernel_2)
-    else:
-        pinv = iterative_pinv(kernel_2, pinv_iterations)
-    return kernel_1, pinv, kernel_3
+        return torch.linalg.pinv(kernel_2)
+    return iterative_pinv(kernel_2, pinv_iterations)
+
+
+def nystrom_module(x: Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear,
+                   out_proj: nn.Linear, num_heads: int, num_landmarks: int,
+                   pinv_iterations: int | None, key_padding_mask: Tensor | None) -> Tensor:
+    """The whole module (without the convolution) computed from x (B, N, D), the same function
+    as projecting and calling :func:`nystrom_attention`; padded rows are not yet zeroed.
+
+    Q, K and V are never formed: landmarks are segment means of X, projected (the mean of the
+    projections); Q K̃ᵀ = X (W_qᵀ K̃ᵀ) + b_q K̃ᵀ and Q̃ Kᵀ = (Q̃ W_k) Xᵀ + Q̃ b_kᵀ; kernel₃ V =
+    (kernel₃ X) W_vᵀ + b_v (kernel₃'s rows sum to 1); the output projection joins the last
+    product: y = Σₕ kernel₁ (A⁺ kernel₃ V) W_oᵀ + b_o = kernel₁ (B, N, H·m) @ M (H·m, D) + b_o.
+    Each N-row product is then as large as the projection it replaces; no N × d per-head
+    products, no head transposes.
+    """
+    B, N, D = x.shape
+    H, d = num_heads, q_proj.weight.shape[0] // num_heads
+    m = min(num_landmarks, N)
+    scale = d**-0.5
+    x_land, used = segment_means(x[:, None], m, key_padding_mask)  # (B, 1, m, D)
+    # (an empty segment's landmark is the bias here, 0 on the per-head path: no weight either way)
+    q_land, k_land = (p(x_land[:, 0]).unflatten(-1, (H, d)).transpose(1, 2)  # (B, H, m, d)
+                      for p in (q_proj, k_proj))
+    q_land = q_land * scale
+    # kernel₁ = softmax(Q K̃ᵀ/√d), in the token layout (B, N, H, m)
+    k_scaled = k_land * scale
+    a = torch.einsum("hdD,bhmd->bDhm", q_proj.weight.view(H, d, D), k_scaled).flatten(2)
+    scores_1 = x @ a  # (B, N, H·m)
+    if q_proj.bias is not None:  # b_q K̃ᵀ/√d, (B, 1, H·m)
+        bias_1 = torch.einsum("hd,bhmd->bhm", q_proj.bias.view(H, d), k_scaled)
+        scores_1 += bias_1.flatten(1)[:, None]
+    kernel_1 = softmax_over(scores_1.unflatten(-1, (H, m)), used)
+    # kernel₃ = softmax(Q̃ Kᵀ/√d), (B, H, m, N)
+    c = (q_land @ k_proj.weight.view(H, d, D)).flatten(1, 2)  # (B, H·m, D)
+    scores_3 = c @ x.transpose(1, 2)  # (B, H·m, N)
+    if k_proj.bias is not None:
+        scores_3 += (q_land @ k_proj.bias.view(H, d, 1)).flatten(1, 2)
+    keep = None if key_padding_mask is None else ~key_padding_mask
+    kernel_3 = softmax_over(scores_3.unflatten(1, (H, m)), keep)
+    # kernel₃ V, then A⁺ and the output projection: M (B, H·m, D)
+    v_land = (kernel_3.flatten(1, 2) @ x).unflatten(1, (H, m)) @ v_proj.weight.view(H, d, D).mT
+    if v_proj.bias is not None:
+        v_land = v_land + v_proj.bias.view(H, 1, d)
+    w = middle_pinv(q_land, k_land, used, pinv_iterations) @ v_land  # (B, H, m, d)
+    m_out = (w @ out_proj.weight.view(D, H, d).permute(1, 2, 0)).flatten(1, 2)
+    y = kernel_1.flatten(2) @ m_out  # (B, N, D)
+    if out_proj.bias is not None:
+        y += out_proj.bias
+    return y
 
 
 @register_attention("nystrom")
@@ -170,6 +234,21 @@ class NystromAttention(SelfAttention):
         if conv_kernel:
             self.conv = nn.Conv2d(num_heads, num_heads, (conv_kernel, 1), groups=num_heads,
                                   padding=(conv_kernel // 2, 0), bias=False)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None,
+                global_mask: Tensor | None = None) -> Tensor:
+        """As :meth:`SelfAttention.forward`; without the convolution, with plain float
+        projections in fp32/fp64 and autocast off, by :func:`nystrom_module` (the same
+        function)."""
+        layers = (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
+        if self.conv is not None or not fusable(x, *layers):
+            return super().forward(x, key_padding_mask, global_mask)
+        self.check_input(x, key_padding_mask, global_mask)
+        y = nystrom_module(x, *layers, self.num_heads, self.num_landmarks,
+                           self.pinv_iterations, key_padding_mask)
+        if key_padding_mask is not None:
+            y = y.masked_fill(key_padding_mask[..., None], 0.0)
+        return y
 
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
         out = nystrom_attention(q, k, v, self.num_landmarks, self.pinv_iterations,

@@ -76,22 +76,25 @@ def _look_back(t: Tensor, fill: int) -> Tensor:
     return torch.cat([F.pad(t, (0, 0, 1, 0), value=fill)[..., :-1, :], t], dim=-1)
 
 
-def _pair_products(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
-    """Scores of every chunk with its own chunk and the one before, in place:
-    a, b (G·C, c, d) -> out (G·C, c, 2c) = [a_i b_{i-1}ᵀ | a_i b_iᵀ] (zeros for i = 0)."""
-    c = a.shape[1]
-    torch.bmm(a, b.transpose(1, 2), out=out[:, :, c:])
-    torch.bmm(a[1:], b[:-1].transpose(1, 2), out=out[1:, :, :c])
-    out[0, :, :c] = 0
-    return out
+def _with_previous(t: Tensor) -> Tensor:
+    """(G·C, c, d) -> (G·C, 2c, d): every chunk preceded by the chunk before (zeros before the
+    first), as overlapping windows of one padded copy (a strided view: no per-chunk copies)."""
+    n, c, d = t.shape
+    flat = torch.cat([t.new_zeros(c, d), t.reshape(n * c, d)])  # (c + n·c, d)
+    return flat.as_strided((n, 2 * c, d), (c * d, d, 1))
+
+
+def _pair_products(a: Tensor, b: Tensor) -> Tensor:
+    """Scores of every chunk with the chunk before and its own:
+    a, b (G·C, c, d) -> (G·C, c, 2c) = [a_i b_{i-1}ᵀ | a_i b_iᵀ] (zeros for i = 0). One batched
+    product with a contiguous result (writing into slices of a larger result makes the CPU
+    kernel loop over the G·C chunks one by one)."""
+    return a @ _with_previous(b).transpose(1, 2)
 
 
 def _weighted_sums(w: Tensor, b: Tensor) -> Tensor:
     """The inverse pairing: w (G·C, c, 2c), b (G·C, c, d) -> w_i[:, :c] b_{i-1} + w_i[:, c:] b_i."""
-    c = b.shape[1]
-    out = torch.bmm(w[:, :, c:], b)
-    out[1:].baddbmm_(w[1:, :, :c], b[:-1])
-    return out
+    return w @ _with_previous(b)
 
 
 def _weighted_sums_t(w: Tensor, a: Tensor) -> Tensor:
@@ -121,11 +124,13 @@ class _ChunkedAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, blocked: Tensor, c: int):
         G, Np, d = q.shape
         qc, kc, vc = q.reshape(-1, c, d), k.reshape(-1, c, d), v.reshape(-1, c, d)
-        scores = _pair_products(qc, kc, q.new_empty(qc.shape[0], c, 2 * c))
+        scores = _pair_products(qc, kc)  # (G·C, c, 2c)
         scores.masked_fill_(blocked.view_as(scores), float("-inf"))
         top = scores.amax(-1, keepdim=True)
-        weights = torch.softmax(scores, -1)
-        lse = top - weights.amax(-1, keepdim=True).log()  # largest weight = exp(top - lse)
+        weights = scores.sub_(top).exp_()  # softmax in the scores' buffer (no second one)
+        total = weights.sum(-1, keepdim=True)
+        weights.div_(total)
+        lse = top + total.log()
         out = _weighted_sums(weights, vc)  # (G·C, c, d)
         ctx.save_for_backward(qc, kc, vc, weights, out)
         return out.view(G, Np, d), lse.view(G, Np)
@@ -137,7 +142,7 @@ class _ChunkedAttention(torch.autograd.Function):
         c = qc.shape[1]
         grad_out = grad_out.reshape(-1, c, d)
         delta = (grad_out * out).sum(-1, keepdim=True) - grad_lse.reshape(-1, c, 1)
-        grad_scores = _pair_products(grad_out, vc, torch.empty_like(weights))  # dO Vᵀ
+        grad_scores = _pair_products(grad_out, vc)  # dO Vᵀ
         grad_scores.sub_(delta).mul_(weights)  # dS
         grad_q = _weighted_sums(grad_scores, kc).view(G, Np, d)
         grad_k = _weighted_sums_t(grad_scores, qc).view(G, Np, d)
@@ -166,10 +171,12 @@ def lsh_pattern(qk: Tensor, rotations: Tensor, n_buckets: Tensor, keep: Tensor,
     pos_k = _look_back(pos_q, fill=-1)
     # blocked: another bucket, padding, or itself ...
     itself = pos_q[..., :, None] == pos_k[..., None, :]  # (B, H, R, C, c, 2c)
-    blocked = ((b_q[..., :, None] != b_k[..., None, :]) | (b_k == never)[..., None, :]
-               | itself)
-    # ... but a token with no other key attends to itself
-    blocked &= ~(itself & blocked.all(-1, keepdim=True))
+    blocked = b_q[..., :, None] != b_k[..., None, :]
+    blocked |= (b_k == never)[..., None, :]
+    blocked |= itself
+    # ... but a token with no other key attends to itself (in place: these are N · 2c each)
+    itself &= blocked.all(-1, keepdim=True)
+    blocked ^= itself
     return order, blocked
 
 
@@ -300,20 +307,27 @@ class ReformerAttention(SelfAttention):
         self.seed, self.calls = int(state["seed"]), int(state["calls"])
         self._cached = None
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The shared query-key projection and the values in one GEMM: (qk, qk, v). Quantized
-        or hook-masked projections (see :func:`~.base.plain_linears`) are called as modules."""
+    def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared query-key projection and the values in one GEMM: (qk, qk, v), each
+        (B, N, H, d). Quantized or hook-masked projections (see :func:`~.base.plain_linears`)
+        are called as modules."""
+        heads = (self.num_heads, self.head_dim)
         if not plain_linears(self.q_proj, self.k_proj, self.v_proj):
-            qk = self.split_heads((self.q_proj(x) + self.k_proj(x)) / 2)
-            return qk, qk, self.split_heads(self.v_proj(x))
+            qk = ((self.q_proj(x) + self.k_proj(x)) / 2).unflatten(-1, heads)
+            return qk, qk, self.v_proj(x).unflatten(-1, heads)
         w_qk = (self.q_proj.weight + self.k_proj.weight) / 2
         weight = torch.cat([w_qk, self.v_proj.weight])
         bias = None
         if self.q_proj.bias is not None:
             bias = torch.cat([(self.q_proj.bias + self.k_proj.bias) / 2, self.v_proj.bias])
-        qk, v = F.linear(x, weight, bias).chunk(2, dim=-1)
-        qk = self.split_heads(qk)
-        return qk, qk, self.split_heads(v)
+        qk, v = F.linear(x, weight, bias).unflatten(-1, (2, *heads)).unbind(2)
+        return qk, qk, v
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(qk, qk, v) of :meth:`project_tokens` with the heads at dim 1 (B, H, N, d)."""
+        qk, _, v = self.project_tokens(x)
+        qk = qk.transpose(1, 2)
+        return qk, qk, v.transpose(1, 2)
 
     def rotations(self, n_half: int, device: torch.device) -> Tensor:
         """The rotations (n_hashes, head_dim, >= n_half) of this pass: draw number ``calls``
@@ -329,7 +343,7 @@ class ReformerAttention(SelfAttention):
         return rotations
 
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
-        # q is the shared query-key (project_qkv returns it as k too)
+        # q is the shared query-key (project_tokens returns it as k too)
         lengths = torch.full((q.shape[0],), q.shape[2], device=q.device)
         if key_padding_mask is not None:
             lengths = (~key_padding_mask).sum(-1)
