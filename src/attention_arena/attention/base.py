@@ -115,10 +115,7 @@ class SelfAttention(nn.Module):
 
     def finish(self, out: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         """Merge heads, project out, and zero the padded positions (B, H, N, d) -> (B, N, D)."""
-        y = self.out_proj(self.merge_heads(out))
-        if key_padding_mask is not None:
-            y = y.masked_fill(key_padding_mask[..., None], 0.0)
-        return y
+        return zero_padding(self.out_proj(self.merge_heads(out)), key_padding_mask)
 
     def attend(
         self,
@@ -222,6 +219,12 @@ def masked_softmax(scores: Tensor, key_padding_mask: Tensor | None = None,
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+def zero_padding(y: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """``y`` (B, N, D) with the padded positions (``key_padding_mask`` (B, N)) set to 0: what
+    every backend's output holds there."""
+    return y if key_padding_mask is None else y.masked_fill(key_padding_mask[..., None], 0.0)
+
 
 def plain_linears(*modules: nn.Module) -> bool:
     """True if every module is an ``nn.Linear`` whose weight is an ordinary float parameter:

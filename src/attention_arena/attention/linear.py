@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SelfAttention, fusable
+from .base import SelfAttention, fusable, zero_padding
 from .registry import register_attention
 
 
@@ -192,9 +192,7 @@ class LinearAttention(SelfAttention):
         self.check_input(x, key_padding_mask, global_mask)
         params = [t for layer in layers for t in (layer.weight, layer.bias)]
         y = _FusedLinearAttention.apply(x, *params, self.num_heads, key_padding_mask)
-        if key_padding_mask is not None:
-            y = y.masked_fill(key_padding_mask[..., None], 0.0)
-        return y
+        return zero_padding(y, key_padding_mask)
 
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
         return linear_attention(q, k, v, key_padding_mask)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import SelfAttention, check_heads, fusable
+from .base import SelfAttention, check_heads, fusable, zero_padding
 from .registry import register_attention
 
 
@@ -246,9 +246,7 @@ class NystromAttention(SelfAttention):
         self.check_input(x, key_padding_mask, global_mask)
         y = nystrom_module(x, *layers, self.num_heads, self.num_landmarks,
                            self.pinv_iterations, key_padding_mask)
-        if key_padding_mask is not None:
-            y = y.masked_fill(key_padding_mask[..., None], 0.0)
-        return y
+        return zero_padding(y, key_padding_mask)
 
     def attend(self, q, k, v, key_padding_mask=None, global_mask=None) -> Tensor:
         out = nystrom_attention(q, k, v, self.num_landmarks, self.pinv_iterations,
