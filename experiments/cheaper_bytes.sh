@@ -4,9 +4,12 @@
 # cheaper_bytes.yaml and pretrain_bytes.yaml). Writes results/pretrain/ and results/distill/
 # (run directories; git keeps their metrics.json and predictions.csv) and their tables.
 #   experiments/cheaper_bytes.sh [pretrain|finetune|scratch|distill|pretrain10|finetune10|
-#                                 distill10|tables]...   (default: all)
+#                                 distill10|conv_pretrain|conv_scratch|conv_finetune|
+#                                 conv_long|conv_distill|conv_distill_long|tables]...
+#                                 (default: all)
 # About 30 minutes of an idle 2-core CPU for the first five (pretraining 1 epoch ~5 min, 18
-# classifier runs of ~70 s); the 10-epoch pretraining adds ~50 min and 9 runs.
+# classifier runs of ~70 s); the 10-epoch pretraining adds ~50 min and 9 runs; the conv_* steps
+# ~40 min (pretraining ~10 min, 15 runs of 2 epochs ~30 s each, 9 runs of 10 epochs ~2 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -14,7 +17,8 @@ R=results
 SEEDS=(0 1 2)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(pretrain finetune scratch distill pretrain10 finetune10 distill10
-                                  tables)
+                                  conv_pretrain conv_scratch conv_finetune conv_long conv_distill
+                                  conv_distill_long tables)
 train() { "$PY" -m attention_arena.train experiment=cheaper_bytes "$@"; }
 
 for step in "${steps[@]}"; do
@@ -66,6 +70,47 @@ for step in "${steps[@]}"; do
       train attention=linformer seed=$s distill.teacher=$R/pretrain/init10_full_L512_s$s \
         distill.alpha=0.9 distill.temperature=2.0 \
         hydra.run.dir=$R/distill/student10_a09_linformer_L512_s$s
+    done ;;
+  conv_pretrain)  # the model with a depthwise convolution on its embeddings (kernel 5), which
+    # learns which bytes are neighbours; masked-byte pretraining for 10 epochs (2,590 steps)
+    "$PY" -m attention_arena.pretrain experiment=pretrain_bytes attention=full seed=0 \
+      model.embedding_conv=5 trainer.max_epochs=10 hydra.run.dir=$R/pretrain/pretrain_conv5_full_L512_s0 ;;
+  conv_scratch)  # the same convolutional model from random weights
+    for a in full linformer; do for s in "${SEEDS[@]}"; do
+      train attention=$a seed=$s model.embedding_conv=5 \
+        hydra.run.dir=$R/pretrain/scratch_conv5_${a}_L512_s$s
+    done; done ;;
+  conv_finetune)
+    for a in full linformer; do for s in "${SEEDS[@]}"; do
+      train attention=$a seed=$s model.embedding_conv=5 \
+        init_from=$R/pretrain/pretrain_conv5_full_L512_s0 \
+        hydra.run.dir=$R/pretrain/init_conv5_${a}_L512_s$s
+    done; done ;;
+  conv_long)  # 10 epochs of fine-tuning (540 steps) instead of 2: full from scratch without and
+    # with the convolution, and fine-tuned from the convolutional pretraining
+    for s in "${SEEDS[@]}"; do
+      train attention=full seed=$s trainer.max_epochs=10 \
+        hydra.run.dir=$R/pretrain/long_scratch_full_L512_s$s
+      train attention=full seed=$s trainer.max_epochs=10 model.embedding_conv=5 \
+        hydra.run.dir=$R/pretrain/long_scratch_conv5_full_L512_s$s
+      train attention=full seed=$s trainer.max_epochs=10 model.embedding_conv=5 \
+        init_from=$R/pretrain/pretrain_conv5_full_L512_s0 \
+        hydra.run.dir=$R/pretrain/long_init_conv5_full_L512_s$s
+    done ;;
+  conv_distill)  # linformer + conv students of the full + conv models fine-tuned from it
+    for s in "${SEEDS[@]}"; do
+      train attention=linformer seed=$s model.embedding_conv=5 \
+        distill.teacher=$R/pretrain/init_conv5_full_L512_s$s distill.alpha=0.9 \
+        distill.temperature=2.0 hydra.run.dir=$R/distill/student_conv5_a09_linformer_L512_s$s
+    done ;;
+  conv_distill_long)  # the same with 540 steps: linformer + conv from scratch, and taught by
+    # the 540-step full + conv models fine-tuned from the pretraining (conv_long)
+    for s in "${SEEDS[@]}"; do
+      train attention=linformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
+        hydra.run.dir=$R/pretrain/long_scratch_conv5_linformer_L512_s$s
+      train attention=linformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
+        distill.teacher=$R/pretrain/long_init_conv5_full_L512_s$s distill.alpha=0.9 \
+        distill.temperature=2.0 hydra.run.dir=$R/distill/long_student_conv5_a09_linformer_L512_s$s
     done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;

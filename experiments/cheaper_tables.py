@@ -106,6 +106,19 @@ NOTE = ("Byte-level BBC News, 512 bytes, tiny model (2 layers x 64), 2 epochs of
 T_PRE = "teacher: full, self-pretrained 1 epoch"
 T_PRE10 = "teacher: full, self-pretrained 10 epochs"
 T_SCRATCH = "teacher: full, from scratch"
+CONV_FULL = "full + conv5, self-pretrained 10 epochs"
+T_CONV = "teacher: " + CONV_FULL
+S_CONV = "linformer + conv5, from scratch"
+LONG = "full, from scratch, 540 steps"
+T_CONV_LONG = "teacher: full + conv5, self-pretrained 10 epochs, 540 steps"
+S_CONV_LONG = "linformer + conv5, from scratch, 540 steps"
+
+
+def student_reference(label: str) -> str:
+    """The row a distilled student is compared with: the same student from scratch."""
+    if "conv5" not in label:
+        return "linformer, from scratch"
+    return S_CONV_LONG if "540 steps" in label else S_CONV
 
 
 def main() -> None:
@@ -122,10 +135,24 @@ def main() -> None:
          "linformer, from scratch"),
         ("linformer, self-pretrained 10 epochs (full)", "pretrain/init10_linformer_L512_s*",
          "linformer, from scratch"),
+        ("full + conv5, from scratch", "pretrain/scratch_conv5_full_L512_s*",
+         "full, from scratch"),
+        (CONV_FULL, "pretrain/init_conv5_full_L512_s*", "full, from scratch"),
+        (S_CONV, "pretrain/scratch_conv5_linformer_L512_s*", "linformer, from scratch"),
+        ("linformer + conv5, self-pretrained 10 epochs (full)",
+         "pretrain/init_conv5_linformer_L512_s*", "linformer, from scratch"),
+        (LONG, "pretrain/long_scratch_full_L512_s*", None),
+        ("full + conv5, from scratch, 540 steps", "pretrain/long_scratch_conv5_full_L512_s*",
+         LONG),
+        ("full + conv5, self-pretrained 10 epochs, 540 steps",
+         "pretrain/long_init_conv5_full_L512_s*", LONG),
     ], "Self-pretraining: fine-tuning a masked-byte pretrained encoder vs training from scratch",
         NOTE + " Pretraining: `arena-pretrain experiment=pretrain_bytes attention=full seed=0` "
         "for 1 epoch (259 steps) or with `trainer.max_epochs=10` (2,590 steps); one run each, "
-        "shared by every fine-tuning seed.")
+        "shared by every fine-tuning seed. `+ conv5`: `model.embedding_conv=5` (a depthwise "
+        "convolution over the embeddings) in pretraining and fine-tuning; its pretraining: "
+        "`model.embedding_conv=5 trainer.max_epochs=10` (2,590 steps). `540 steps`: 10 epochs of "
+        "supervised training instead of 2 (`trainer.max_epochs=10`).")
     write(r / "pretrain", pre)
     students = {  # distilled row -> (runs, its teacher's row)
         "linformer, distilled (alpha 0.5)": ("distill/student_linformer_L512_s*", T_PRE),
@@ -135,19 +162,28 @@ def main() -> None:
             "distill/student_scratchteacher_a09_linformer_L512_s*", T_SCRATCH),
         "linformer, distilled from full self-pretrained 10 epochs (alpha 0.9)": (
             "distill/student10_a09_linformer_L512_s*", T_PRE10),
+        "linformer + conv5, distilled from full + conv5 self-pretrained (alpha 0.9)": (
+            "distill/student_conv5_a09_linformer_L512_s*", T_CONV),
+        "linformer + conv5, 540 steps, distilled from full + conv5 self-pretrained (alpha 0.9)": (
+            "distill/long_student_conv5_a09_linformer_L512_s*", T_CONV_LONG),
     }
     dis = table(r, [
         (T_PRE, "pretrain/init_full_L512_s*", None),
         (T_PRE10, "pretrain/init10_full_L512_s*", None),
         (T_SCRATCH, "bytes_full_512/*_full_L512_s*", None),
+        (T_CONV, "pretrain/init_conv5_full_L512_s*", None),
         ("linformer, from scratch", "pretrain/scratch_linformer_L512_s*", None),
-        *((label, pattern, "linformer, from scratch") for label, (pattern, _) in students.items()),
+        (S_CONV, "pretrain/scratch_conv5_linformer_L512_s*", None),
+        (T_CONV_LONG, "pretrain/long_init_conv5_full_L512_s*", None),
+        (S_CONV_LONG, "pretrain/long_scratch_conv5_linformer_L512_s*", None),
+        *((label, pattern, student_reference(label)) for label, (pattern, _) in students.items()),
     ], "Distillation: a linformer student taught by a full-attention teacher",
-        NOTE + " Teacher of seed s: the full run of seed s named in the row; temperature 2.")
+        NOTE + " Teacher of seed s: the full run of seed s named in the row; temperature 2. "
+        "`+ conv5` and `540 steps`: as in the self-pretraining table.")
     rows = {row["model"]: row for row in dis["rows"]}
-    scratch = rows["linformer, from scratch"]["test_acc"]
     dis["gap_recovered"] = {}
     for label, (_, teacher) in students.items():
+        scratch = rows[student_reference(label)]["test_acc"]
         share = (rows[label]["test_acc"] - scratch) / (rows[teacher]["test_acc"] - scratch)
         dis["gap_recovered"][label] = share
         dis["markdown"] += (f"{label}: share of the student's gap to its teacher ({teacher}) "

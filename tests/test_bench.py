@@ -417,7 +417,8 @@ def test_unknown_backend_is_a_clear_error(capsys):
 
 
 def test_peers_mirror_our_settings_run_or_skip(monkeypatch):
-    report = run_bench(["full"], [64], peers=True, **QUIET)
+    methods = sorted({peer.method for peer in PEERS.values()})
+    report = run_bench(methods, [64], peers=True, **QUIET)
     by_name = {r["backend"]: r for r in report["results"]}
     assert set(PEERS) <= set(by_name)
     for name, peer in PEERS.items():
@@ -431,12 +432,21 @@ def test_peers_mirror_our_settings_run_or_skip(monkeypatch):
 
     # pretend every peer is installed: the options they get mirror ours, overrides included
     monkeypatch.setattr(Peer, "available", lambda self: True)
-    report = run_bench(["full"], [64], peers=True, overrides={"k": 16, "window": 8},
+    report = run_bench(methods, [64], peers=True, overrides={"k": 16, "window": 8},
                        opts={"peer:performer": {"num_features": 4}}, **QUIET)
     options = {r["backend"]: r["options"] for r in report["results"]}
     assert options["peer:linformer"] == {"k": 16}
     assert options["peer:local-attention"] == options["peer:longformer-hf"] == {"window": 8}
     assert options["peer:performer"] == {"num_features": 4}
+
+
+def test_peers_are_those_of_the_benchmarked_backends(monkeypatch):
+    monkeypatch.setattr(Peer, "available", lambda self: False)  # skipped: nothing is timed
+    report = run_bench(["linear", "longformer"], [64], peers=True, **QUIET)
+    peers = {r["backend"] for r in report["results"] if r["kind"] == "peer"}
+    assert peers == {"peer:linear-einsum", "peer:local-attention", "peer:longformer-hf"}
+    assert not [r for r in run_bench(["full"], [64], peers=True, **QUIET)["results"]
+                if r["kind"] == "peer"]
 
 
 def test_peer_requirements_are_the_peers_extra():

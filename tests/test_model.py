@@ -75,6 +75,33 @@ def test_padding_invariance(name, pooling, positions):
         torch.testing.assert_close(model(ids_noise, pad_long), short, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["full", "longformer", "linear"])
+def test_embedding_conv_mixes_neighbours_and_ignores_padding(name):
+    """The embedding convolution: padding-invariant like the rest of the model, and a token's
+    state depends on its neighbours within kernel // 2 before any attention (encode of a
+    model whose attention is cut off: only the convolution can carry the change)."""
+    torch.manual_seed(0)
+    model = tiny_model(name, embedding_conv=5).eval()
+    x = torch.randn(2, 9, 32)
+    assert torch.equal(model.embed_conv(x, None), x)  # zero-initialised: the identity
+    torch.nn.init.normal_(model.embed_conv.conv.weight)  # a trained convolution
+    ids, pad = batch(N=40)
+    ids_long = torch.cat([ids, torch.full((3, 24), 7)], dim=1)
+    pad_long = torch.cat([pad, torch.ones(3, 24, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids_long, pad_long), model(ids, pad), atol=1e-4,
+                                   rtol=1e-4)
+    for block in model.blocks:  # no token mixing but the convolution's
+        block.attn.forward = lambda x, **kw: torch.zeros_like(x)
+    changed = ids.clone()
+    changed[:, 20] = (changed[:, 20] % 40) + 2
+    with torch.no_grad():
+        diff = (model.encode(changed) - model.encode(ids)).abs().amax(-1)  # (B, N)
+    moved = diff > 1e-6
+    assert moved[:, 18:23].all() and not moved[:, :18].any() and not moved[:, 23:].any()
+    assert tiny_model(name, embedding_conv=None).embed_conv is None
+
+
 def test_padding_is_not_ignored_without_mask():
     """Sanity check that the invariance test can fail: without the mask, padding leaks in."""
     torch.manual_seed(0)
@@ -153,6 +180,8 @@ def test_sinusoidal_positions_table():
     ({"num_heads": 3}, "embed_dim=32 is not divisible by num_heads=3"),
     ({"attention": {"name": "nope"}}, "unknown attention backend 'nope'"),
     ({"attention": {"window": 4}}, "needs a 'name'"),
+    ({"embedding_conv": 4}, "embedding_conv must be an odd positive kernel length"),
+    ({"embedding_conv": -3}, "embedding_conv must be an odd positive kernel length"),
 ])
 def test_bad_config_errors(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -135,6 +135,16 @@ def test_encoder_transfer_across_backends(backend, fresh):
     target(torch.randint(0, 258, (2, 64)))  # and the model runs
 
 
+def test_encoder_transfer_carries_the_embedding_convolution():
+    torch.manual_seed(0)
+    source = MaskedLanguageModel(258, attention={"name": "full"}, embedding_conv=5, **SMALL)
+    target = TransformerClassifier(258, 5, attention={"name": "linformer"}, embedding_conv=5,
+                                   **SMALL)
+    report = load_encoder(target, source.state_dict())
+    assert {"embed_conv.conv.weight", "embed_conv.conv.bias"} <= set(report.loaded)
+    assert torch.equal(target.embed_conv.conv.weight, source.embed_conv.conv.weight)
+
+
 def test_encoder_transfer_errors():
     source = MaskedLanguageModel(258, **SMALL).state_dict()
     with pytest.raises(TransferError, match="same width"):
@@ -195,4 +205,8 @@ def test_init_from_another_tokenizer_or_width_fails_clearly(pretrain_run, tmp_pa
     assert metrics["status"] == "failed" and "vocabulary" in metrics["error"]
     metrics = train_in_process(tmp_path / "wide", *[o for o in PRETRAIN if "pretrain." not in o],
                                "model.embed_dim=64", f"init_from={pretrain_run}")
-    assert metrics["status"] == "failed" and "another width" in metrics["error"]
+    assert metrics["status"] == "failed" and "another encoder shape" in metrics["error"]
+    metrics = train_in_process(tmp_path / "conv", *[o for o in PRETRAIN if "pretrain." not in o],
+                               "model.embedding_conv=3", f"init_from={pretrain_run}")
+    assert metrics["status"] == "failed" and "model.embedding_conv: None (source) vs 3" in \
+        metrics["error"]

@@ -50,6 +50,24 @@ class FeedForward(nn.Module):
         return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
+class EmbeddingConv(nn.Module):
+    """x + depthwise_conv(x) along the sequence: one kernel of odd length per channel, so every
+    token sees its neighbours before the first attention layer. Padded positions are zeros to
+    the convolution: outputs at real tokens do not depend on padding. Zero-initialised, so it
+    starts as the identity (the model without it) and learns what to mix."""
+
+    def __init__(self, embed_dim: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv1d(embed_dim, embed_dim, kernel, padding=kernel // 2,
+                              groups=embed_dim)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:  # (B, N, D)
+        h = x if padding_mask is None else x.masked_fill(padding_mask[..., None], 0.0)
+        return x + self.conv(h.transpose(1, 2)).transpose(1, 2)
+
+
 class Block(nn.Module):
     """Pre-LN Transformer block: x + attn(LN(x)), then x + FF(LN(x)); dropout on both branches."""
 
@@ -91,6 +109,11 @@ class TransformerClassifier(nn.Module):
         attention: ``{"name": backend, **backend_kwargs}`` passed to ``build_attention``.
         cls_global: mark position 0 as a global token (``global_mask``) for every block, so
             sparse backends such as ``longformer`` let the CLS token see the whole document.
+        embedding_conv: odd kernel length of an :class:`EmbeddingConv` on the embeddings
+            (positions included), before the first block; None or 0 = off. Absolute positions
+            alone are slow to teach a small model which bytes are neighbours (README "Making
+            models cheaper"); the convolution hands it them. Attention rollout
+            (``arena-explain``) does not see the convolution's mixing.
     """
 
     def __init__(
@@ -108,6 +131,7 @@ class TransformerClassifier(nn.Module):
         pooling: str = "cls",
         attention: Mapping[str, Any] | None = None,
         cls_global: bool = True,
+        embedding_conv: int | None = None,
     ):
         super().__init__()
         attention = dict(attention or {"name": "full"})
@@ -132,6 +156,12 @@ class TransformerClassifier(nn.Module):
         else:
             self.register_buffer("pos_table", sinusoidal_positions(max_length, embed_dim),
                                  persistent=False)
+        embedding_conv = embedding_conv or None
+        if embedding_conv is not None and (not isinstance(embedding_conv, int)
+                                           or embedding_conv < 0 or embedding_conv % 2 == 0):
+            raise ValueError(f"model.embedding_conv must be an odd positive kernel length (e.g. "
+                             f"5) or null/0 for none, got {embedding_conv!r}")
+        self.embed_conv = EmbeddingConv(embed_dim, embedding_conv) if embedding_conv else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, ff_dim, dropout, attention, attention_dropout)
@@ -185,6 +215,8 @@ class TransformerClassifier(nn.Module):
             x = x + self.pos_emb(torch.arange(N, device=input_ids.device))  # (N, D) broadcast
         else:
             x = x + SINUSOIDAL_SCALE * self.pos_table[:N].to(x.dtype)
+        if self.embed_conv is not None:
+            x = self.embed_conv(x, padding_mask)  # each token mixed with its neighbours
         x = self.drop(x)
 
         # The CLS token at position 0 is global: (B, N) bool, True only at column 0.

@@ -163,11 +163,16 @@ def load_encoder(model: nn.Module, source: Mapping[str, torch.Tensor],
 
 
 def check_encoder_shape(run: SavedRun, model_cfg: Mapping[str, Any], role: str) -> None:
-    """A clear error before any tensor is touched if ``run``'s width differs from ``model_cfg``."""
+    """A clear error before any tensor is touched if ``run``'s width or embedding convolution
+    differs from ``model_cfg``."""
     saved = dict(run.hparams.get("model") or {})
     diffs = [f"model.{k}: {saved[k]} (source) vs {model_cfg.get(k)} (this run)"
              for k in ("embed_dim", "num_heads", "ff_dim") if k in saved
              and k in model_cfg and int(saved[k]) != int(model_cfg[k])]
+    conv = (saved.get("embedding_conv") or None, model_cfg.get("embedding_conv") or None)
+    if conv[0] != conv[1]:
+        diffs.append(f"model.embedding_conv: {conv[0]} (source) vs {conv[1]} (this run)")
     if diffs:
-        raise TransferError(f"the {role} {run.checkpoint} has another width ({'; '.join(diffs)}); "
-                            f"use the same model sizes (e.g. model=... as when it was trained)")
+        raise TransferError(f"the {role} {run.checkpoint} has another encoder shape "
+                            f"({'; '.join(diffs)}); use the same model sizes and options "
+                            f"(model=..., model.embedding_conv=... as when it was trained)")

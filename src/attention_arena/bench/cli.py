@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first, to register the backends it defines (repeatable)")
     p.add_argument("--peers", action="store_true",
-                   help="also time public implementations (pip install 'attention-arena[peers]')")
+                   help="also time the public implementations of the benchmarked backends (pip "
+                        "install 'attention-arena[peers]')")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                    help="one fresh subprocess per (backend, N) (default; needed for CPU memory)")
     p.add_argument("--timeout", type=float, default=900.0,

@@ -80,7 +80,8 @@ def run_bench(
     unknown = [n for n in names if n not in available_attentions()]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; available: {available_attentions()}")
-    peer_names = list(PEERS) if peers else []
+    # the peers of the benchmarked methods (all of them when no --backends is given)
+    peer_names = [p for p in PEERS if PEERS[p].method in names] if peers else []
     # our backends and the methods the peers mirror take option changes; then the peers' own
     methods = list(dict.fromkeys(names + [PEERS[p].method for p in peer_names]))
     valid = {m: valid_options(m) for m in methods} | {p: PEERS[p].valid_options()
