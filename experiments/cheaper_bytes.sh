@@ -5,8 +5,8 @@
 # (run directories; git keeps their metrics.json and predictions.csv) and their tables.
 #   experiments/cheaper_bytes.sh [pretrain|finetune|scratch|distill|pretrain10|finetune10|
 #                                 distill10|conv_pretrain|conv_scratch|conv_finetune|
-#                                 conv_long|conv_distill|conv_distill_long|tables]...
-#                                 (default: all)
+#                                 conv_long|conv_distill|conv_distill_long|
+#                                 conv_distill_longformer|tables]...   (default: all)
 # About 30 minutes of an idle 2-core CPU for the first five (pretraining 1 epoch ~5 min, 18
 # classifier runs of ~70 s); the 10-epoch pretraining adds ~50 min and 9 runs; the conv_* steps
 # ~40 min (pretraining ~10 min, 15 runs of 2 epochs ~30 s each, 9 runs of 10 epochs ~2 min).
@@ -18,7 +18,7 @@ SEEDS=(0 1 2)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(pretrain finetune scratch distill pretrain10 finetune10 distill10
                                   conv_pretrain conv_scratch conv_finetune conv_long conv_distill
-                                  conv_distill_long tables)
+                                  conv_distill_long conv_distill_longformer tables)
 train() { "$PY" -m attention_arena.train experiment=cheaper_bytes "$@"; }
 
 for step in "${steps[@]}"; do
@@ -111,6 +111,20 @@ for step in "${steps[@]}"; do
       train attention=linformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
         distill.teacher=$R/pretrain/long_init_conv5_full_L512_s$s distill.alpha=0.9 \
         distill.temperature=2.0 hydra.run.dir=$R/distill/long_student_conv5_a09_linformer_L512_s$s
+    done ;;
+  conv_distill_longformer)  # longformer + conv students (a backend that keeps positions), from
+    # scratch and taught by the same teachers, at 108 and 540 steps
+    for s in "${SEEDS[@]}"; do
+      train attention=longformer seed=$s model.embedding_conv=5 \
+        hydra.run.dir=$R/pretrain/scratch_conv5_longformer_L512_s$s
+      train attention=longformer seed=$s model.embedding_conv=5 \
+        distill.teacher=$R/pretrain/init_conv5_full_L512_s$s distill.alpha=0.9 \
+        distill.temperature=2.0 hydra.run.dir=$R/distill/student_conv5_a09_longformer_L512_s$s
+      train attention=longformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
+        hydra.run.dir=$R/pretrain/long_scratch_conv5_longformer_L512_s$s
+      train attention=longformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
+        distill.teacher=$R/pretrain/long_init_conv5_full_L512_s$s distill.alpha=0.9 \
+        distill.temperature=2.0 hydra.run.dir=$R/distill/long_student_conv5_a09_longformer_L512_s$s
     done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;
