@@ -20,6 +20,15 @@ steps=("$@")
                                   conv_pretrain conv_scratch conv_finetune conv_long conv_distill
                                   conv_distill_long conv_distill_longformer tables)
 train() { "$PY" -m attention_arena.train experiment=cheaper_bytes "$@"; }
+conv5() { train model.embedding_conv=5 "$@"; }
+# distil_conv5 BACKEND SEED PREFIX [overrides]: a BACKEND + conv5 student taught by the full + conv5
+# model of SEED fine-tuned from the convolutional pretraining (PREFIX long_: the 540-step one)
+distil_conv5() {
+  local a=$1 s=$2 p=$3; shift 3
+  conv5 attention=$a seed=$s "$@" distill.teacher=$R/pretrain/${p}init_conv5_full_L512_s$s \
+    distill.alpha=0.9 distill.temperature=2.0 \
+    hydra.run.dir=$R/distill/${p}student_conv5_a09_${a}_L512_s$s
+}
 
 for step in "${steps[@]}"; do
   case $step in
@@ -98,33 +107,22 @@ for step in "${steps[@]}"; do
         hydra.run.dir=$R/pretrain/long_init_conv5_full_L512_s$s
     done ;;
   conv_distill)  # linformer + conv students of the full + conv models fine-tuned from it
-    for s in "${SEEDS[@]}"; do
-      train attention=linformer seed=$s model.embedding_conv=5 \
-        distill.teacher=$R/pretrain/init_conv5_full_L512_s$s distill.alpha=0.9 \
-        distill.temperature=2.0 hydra.run.dir=$R/distill/student_conv5_a09_linformer_L512_s$s
-    done ;;
+    for s in "${SEEDS[@]}"; do distil_conv5 linformer $s ""; done ;;
   conv_distill_long)  # the same with 540 steps: linformer + conv from scratch, and taught by
     # the 540-step full + conv models fine-tuned from the pretraining (conv_long)
     for s in "${SEEDS[@]}"; do
-      train attention=linformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
+      conv5 attention=linformer seed=$s trainer.max_epochs=10 \
         hydra.run.dir=$R/pretrain/long_scratch_conv5_linformer_L512_s$s
-      train attention=linformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
-        distill.teacher=$R/pretrain/long_init_conv5_full_L512_s$s distill.alpha=0.9 \
-        distill.temperature=2.0 hydra.run.dir=$R/distill/long_student_conv5_a09_linformer_L512_s$s
+      distil_conv5 linformer $s long_ trainer.max_epochs=10
     done ;;
   conv_distill_longformer)  # longformer + conv students (a backend that keeps positions), from
     # scratch and taught by the same teachers, at 108 and 540 steps
     for s in "${SEEDS[@]}"; do
-      train attention=longformer seed=$s model.embedding_conv=5 \
-        hydra.run.dir=$R/pretrain/scratch_conv5_longformer_L512_s$s
-      train attention=longformer seed=$s model.embedding_conv=5 \
-        distill.teacher=$R/pretrain/init_conv5_full_L512_s$s distill.alpha=0.9 \
-        distill.temperature=2.0 hydra.run.dir=$R/distill/student_conv5_a09_longformer_L512_s$s
-      train attention=longformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
+      conv5 attention=longformer seed=$s hydra.run.dir=$R/pretrain/scratch_conv5_longformer_L512_s$s
+      distil_conv5 longformer $s ""
+      conv5 attention=longformer seed=$s trainer.max_epochs=10 \
         hydra.run.dir=$R/pretrain/long_scratch_conv5_longformer_L512_s$s
-      train attention=longformer seed=$s model.embedding_conv=5 trainer.max_epochs=10 \
-        distill.teacher=$R/pretrain/long_init_conv5_full_L512_s$s distill.alpha=0.9 \
-        distill.temperature=2.0 hydra.run.dir=$R/distill/long_student_conv5_a09_longformer_L512_s$s
+      distil_conv5 longformer $s long_ trainer.max_epochs=10
     done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import build_attention
+from .attention.base import zero_padding
 
 POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("cls", "mean")
@@ -64,7 +65,7 @@ class EmbeddingConv(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:  # (B, N, D)
-        h = x if padding_mask is None else x.masked_fill(padding_mask[..., None], 0.0)
+        h = zero_padding(x, padding_mask)
         return x + self.conv(h.transpose(1, 2)).transpose(1, 2)
 
 

@@ -220,6 +220,7 @@ def masked_softmax(scores: Tensor, key_padding_mask: Tensor | None = None,
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
+
 def zero_padding(y: Tensor, key_padding_mask: Tensor | None) -> Tensor:
     """``y`` (B, N, D) with the padded positions (``key_padding_mask`` (B, N)) set to 0: what
     every backend's output holds there."""
