@@ -22,10 +22,12 @@ import numpy as np
 from attention_arena import stats
 
 
-def load_group(results: Path, pattern: str) -> list[dict]:
-    """The finished runs matching ``results/<pattern>``, by seed, with their test predictions."""
+def load_group(results: Path, pattern: str | tuple[str, ...]) -> list[dict]:
+    """The finished runs matching ``results/<pattern>`` (or any of several patterns), by seed,
+    with their test predictions."""
     runs = []
-    for run_dir in sorted(results.glob(pattern)):
+    patterns = (pattern,) if isinstance(pattern, str) else pattern
+    for run_dir in sorted(d for p in patterns for d in results.glob(p)):
         m = json.loads((run_dir / "metrics.json").read_text())
         if m.get("status") != "ok":
             raise SystemExit(f"{run_dir}: status {m.get('status')} ({m.get('error')})")
@@ -34,7 +36,7 @@ def load_group(results: Path, pattern: str) -> list[dict]:
         m["correct"] = {r["id"]: r["label"] == r["pred"] for r in rows}
         runs.append(m)
     if not runs:
-        raise SystemExit(f"no runs match {results / pattern}")
+        raise SystemExit(f"no runs match {' or '.join(str(results / p) for p in patterns)}")
     return sorted(runs, key=lambda m: m["seed"])
 
 
@@ -56,8 +58,10 @@ def paired(ref: list[dict], other: list[dict]) -> stats.PairedTest:
     return stats.paired_bootstrap(groups)
 
 
-def table(results: Path, rows: list[tuple[str, str, str | None]], title: str, note: str) -> dict:
-    """``rows``: (label, glob under results, label of the reference row or None)."""
+def table(
+    results: Path, rows: list[tuple[str, str | tuple[str, ...], str | None]], title: str, note: str
+) -> dict:
+    """``rows``: (label, glob(s) under results, label of the reference row or None)."""
     groups = {label: load_group(results, pattern) for label, pattern, _ in rows}
     out, lines = [], [
         f"# {title}", "",
@@ -110,21 +114,17 @@ CONV_FULL = "full + conv5, self-pretrained 10 epochs"
 T_CONV = "teacher: " + CONV_FULL
 S_CONV = "linformer + conv5, from scratch"
 LONG = "full, from scratch, 540 steps"
+LONG5 = LONG + ", seeds 0-4"  # conv_long30_seeds: seeds 3 and 4 added
 T_CONV_LONG = "teacher: full + conv5, self-pretrained 10 epochs, 540 steps"
 S_CONV_LONG = "linformer + conv5, from scratch, 540 steps"
 
 
 L_CONV = "longformer + conv5, from scratch"
 L_CONV_LONG = "longformer + conv5, from scratch, 540 steps"
-
-
-def student_reference(label: str) -> str:
-    """The row a distilled student is compared with: the same student from scratch."""
-    if "conv5" not in label:
-        return "linformer, from scratch"
-    if label.startswith("longformer"):
-        return L_CONV_LONG if "540 steps" in label else L_CONV
-    return S_CONV_LONG if "540 steps" in label else S_CONV
+S_PLAIN = "linformer, from scratch"
+BACKENDS = ("performer", "linear", "nystrom", "bigbird")  # distill_backends students
+T_PRE10_10 = T_PRE10 + ", seeds 0-9"  # distill_linear_seeds: seeds 3 to 9 added
+LIN10 = "linear, from scratch, seeds 0-9"
 
 
 def main() -> None:
@@ -152,51 +152,96 @@ def main() -> None:
          LONG),
         ("full + conv5, self-pretrained 10 epochs, 540 steps",
          "pretrain/long_init_conv5_full_L512_s*", LONG),
+        ("full + conv5, self-pretrained 30 epochs, 540 steps",
+         "pretrain/long_init30_conv5_full_L512_s*", LONG),
+        (LONG5, ("pretrain/long_scratch_full_L512_s*", "pretrain/extra_long_scratch_full_L512_s*"),
+         None),
+        ("full + conv5, from scratch, 540 steps, seeds 0-4",
+         ("pretrain/long_scratch_conv5_full_L512_s*",
+          "pretrain/extra_long_scratch_conv5_full_L512_s*"), LONG5),
+        ("full + conv5, self-pretrained 30 epochs, 540 steps, seeds 0-4",
+         ("pretrain/long_init30_conv5_full_L512_s*",
+          "pretrain/extra_long_init30_conv5_full_L512_s*"), LONG5),
+        ("full, from scratch, 540 steps, lr 1e-3", "pretrain/long_scratch_lr1e-3_full_L512_s*",
+         LONG),
+        ("full + conv5, self-pretrained 10 epochs, 540 steps, lr 1e-3",
+         "pretrain/long_init_conv5_lr1e-3_full_L512_s*", LONG),
     ], "Self-pretraining: fine-tuning a masked-byte pretrained encoder vs training from scratch",
         NOTE + " Pretraining: `arena-pretrain experiment=pretrain_bytes attention=full seed=0` "
         "for 1 epoch (259 steps) or with `trainer.max_epochs=10` (2,590 steps); one run each, "
         "shared by every fine-tuning seed. `+ conv5`: `model.embedding_conv=5` (a depthwise "
         "convolution over the embeddings) in pretraining and fine-tuning; its pretraining: "
-        "`model.embedding_conv=5 trainer.max_epochs=10` (2,590 steps). `540 steps`: 10 epochs of "
-        "supervised training instead of 2 (`trainer.max_epochs=10`).")
+        "`model.embedding_conv=5 trainer.max_epochs=10` (2,590 steps), `30 epochs`: "
+        "`trainer.max_epochs=30` (7,770 steps). `540 steps`: 10 epochs of supervised training "
+        "instead of 2 (`trainer.max_epochs=10`). `lr 1e-3`: `optim.lr=1e-3` instead of the "
+        "preset's 2e-3. `seeds 0-4`: the 3-seed rows with seeds 3 and 4 added.")
     write(r / "pretrain", pre)
-    students = {  # distilled row -> (runs, its teacher's row)
-        "linformer, distilled (alpha 0.5)": ("distill/student_linformer_L512_s*", T_PRE),
-        "linformer, distilled (alpha 0.9)": ("distill/student_a09_linformer_L512_s*", T_PRE),
-        "linformer, distilled (alpha 1.0)": ("distill/student_a10_linformer_L512_s*", T_PRE),
+    # distilled row -> (runs, its teacher's row, the same student from scratch[, the row its Δ is
+    # measured against when that is not the student from scratch])
+    students = {
+        "linformer, distilled (alpha 0.5)": (
+            "distill/student_linformer_L512_s*", T_PRE, S_PLAIN),
+        "linformer, distilled (alpha 0.9)": (
+            "distill/student_a09_linformer_L512_s*", T_PRE, S_PLAIN),
+        "linformer, distilled (alpha 1.0)": (
+            "distill/student_a10_linformer_L512_s*", T_PRE, S_PLAIN),
         "linformer, distilled from full from scratch (alpha 0.9)": (
-            "distill/student_scratchteacher_a09_linformer_L512_s*", T_SCRATCH),
+            "distill/student_scratchteacher_a09_linformer_L512_s*", T_SCRATCH, S_PLAIN),
         "linformer, distilled from full self-pretrained 10 epochs (alpha 0.9)": (
-            "distill/student10_a09_linformer_L512_s*", T_PRE10),
+            "distill/student10_a09_linformer_L512_s*", T_PRE10, S_PLAIN),
         "linformer + conv5, distilled from full + conv5 self-pretrained (alpha 0.9)": (
-            "distill/student_conv5_a09_linformer_L512_s*", T_CONV),
+            "distill/student_conv5_a09_linformer_L512_s*", T_CONV, S_CONV),
         "linformer + conv5, 540 steps, distilled from full + conv5 self-pretrained (alpha 0.9)": (
-            "distill/long_student_conv5_a09_linformer_L512_s*", T_CONV_LONG),
+            "distill/long_student_conv5_a09_linformer_L512_s*", T_CONV_LONG, S_CONV_LONG),
         "longformer + conv5, distilled from full + conv5 self-pretrained (alpha 0.9)": (
-            "distill/student_conv5_a09_longformer_L512_s*", T_CONV),
+            "distill/student_conv5_a09_longformer_L512_s*", T_CONV, L_CONV),
         "longformer + conv5, 540 steps, distilled from full + conv5 self-pretrained "
-        "(alpha 0.9)": ("distill/long_student_conv5_a09_longformer_L512_s*", T_CONV_LONG),
+        "(alpha 0.9)": ("distill/long_student_conv5_a09_longformer_L512_s*", T_CONV_LONG,
+                        L_CONV_LONG),
+        **{f"{a}, distilled from full self-pretrained 10 epochs (alpha 0.9)": (
+            f"distill/student10_a09_{a}_L512_s*", T_PRE10, f"{a}, from scratch")
+           for a in BACKENDS},
+        "linear, distilled from full self-pretrained 10 epochs (alpha 0.9), seeds 0-9": (
+            ("distill/student10_a09_linear_L512_s*", "distill/extra_student10_a09_linear_L512_s*"),
+            T_PRE10_10, LIN10),
+        "linear, distilled from full self-pretrained 10 epochs (alpha 0.9, temperature 4), "
+        "seeds 0-9": ("distill/student10_a09_t4_linear_L512_s*", T_PRE10_10, LIN10),
+        **{row: spec for a, teacher, scratch, tail in (
+            ("linformer", T_PRE10, S_PLAIN, ""), ("linear", T_PRE10_10, LIN10, ", seeds 0-9"))
+           for row, spec in (
+               (f"{a}, initialised from its teacher{tail}",
+                (f"pretrain/initteacher_{a}_L512_s*", teacher, scratch)),
+               (f"{a}, initialised from its teacher and distilled (alpha 0.9){tail}",
+                (f"distill/student10_a09_initteacher_{a}_L512_s*", teacher, scratch,
+                 f"{a}, initialised from its teacher{tail}")))},
     }
-    dis = table(r, [
+    dis_rows = [
         (T_PRE, "pretrain/init_full_L512_s*", None),
         (T_PRE10, "pretrain/init10_full_L512_s*", None),
         (T_SCRATCH, "bytes_full_512/*_full_L512_s*", None),
         (T_CONV, "pretrain/init_conv5_full_L512_s*", None),
-        ("linformer, from scratch", "pretrain/scratch_linformer_L512_s*", None),
+        (S_PLAIN, "pretrain/scratch_linformer_L512_s*", None),
+        *((f"{a}, from scratch", f"pretrain/scratch_{a}_L512_s*", None) for a in BACKENDS),
         (S_CONV, "pretrain/scratch_conv5_linformer_L512_s*", None),
         (T_CONV_LONG, "pretrain/long_init_conv5_full_L512_s*", None),
         (S_CONV_LONG, "pretrain/long_scratch_conv5_linformer_L512_s*", None),
         (L_CONV, "pretrain/scratch_conv5_longformer_L512_s*", None),
         (L_CONV_LONG, "pretrain/long_scratch_conv5_longformer_L512_s*", None),
-        *((label, pattern, student_reference(label)) for label, (pattern, _) in students.items()),
-    ], "Distillation: an efficient-attention student (linformer, longformer) taught by a "
-       "full-attention teacher",
-        NOTE + " Teacher of seed s: the full run of seed s named in the row; temperature 2. "
-        "`+ conv5` and `540 steps`: as in the self-pretraining table.")
+        (T_PRE10_10, ("pretrain/init10_full_L512_s*", "pretrain/extra_init10_full_L512_s*"), None),
+        (LIN10, ("pretrain/scratch_linear_L512_s*", "pretrain/extra_scratch_linear_L512_s*"), None),
+        *((label, pattern, spec[-1]) for label, (pattern, _, *spec) in students.items()),
+    ]
+    dis = table(
+        r, dis_rows,
+        "Distillation: efficient-attention students taught by a full-attention teacher",
+        NOTE + " Teacher of seed s: the full run of seed s named in the row; temperature 2 "
+        "unless the row says otherwise. "
+        "`+ conv5` and `540 steps`: as in the self-pretraining table. `seeds 0-9`: the 3-seed "
+        "rows with seeds 3 to 9 added (their teachers fine-tuned from the same pretraining).")
     rows = {row["model"]: row for row in dis["rows"]}
     dis["gap_recovered"] = {}
-    for label, (_, teacher) in students.items():
-        scratch = rows[student_reference(label)]["test_acc"]
+    for label, (pattern, teacher, reference, *other) in students.items():
+        scratch = rows[reference]["test_acc"]
         gap = rows[teacher]["test_acc"] - scratch
         if gap < 0.01:  # under a point: nothing to recover, no share to report
             dis["gap_recovered"][label] = None
@@ -205,9 +250,16 @@ def main() -> None:
             continue
         share = (rows[label]["test_acc"] - scratch) / gap
         dis["gap_recovered"][label] = share
+        vs_scratch = ""
+        if other:  # its Δ column is against another row: the paired test against scratch here
+            ref_pattern = next(p for lab, p, _ in dis_rows if lab == reference)
+            test = paired(load_group(r, ref_pattern), load_group(r, pattern))
+            p = f"{test.p_value:.3g}" if test.p_value >= 0.001 else "< 0.001"
+            vs_scratch = (f"; against {reference}: {100 * test.diff:+.2f} points "
+                          f"[{100 * test.low:+.2f}, {100 * test.high:+.2f}], p {p}")
         dis["markdown"] += (f"{label}: share of the student's gap to its teacher ({teacher}) "
                             f"recovered, (distilled − scratch) / (teacher − scratch) = "
-                            f"{100 * share:.0f}% (of the mean accuracies).\n")
+                            f"{100 * share:.0f}% (of the mean accuracies){vs_scratch}.\n")
     write(r / "distill", dis)
 
 

@@ -173,3 +173,26 @@ def test_teacher_mismatches_are_clear_errors(teacher_run, tmp_path):
     # through arena-train: a bytes student of a BPE teacher fails with the reason
     metrics = train_in_process(tmp_path / "s", f"distill.teacher={teacher_run}", "tokenizer=bytes")
     assert metrics["status"] == "failed" and "vocabulary" in metrics["error"]
+
+
+def test_student_initialised_from_its_teacher_and_distilled(teacher_run, tmp_path):
+    """DistilBERT's recipe: init_from and distill.teacher name the same run; the student of
+    another backend starts from the teacher's encoder (its head fresh) and trains on its soft
+    targets. With a learning rate of ~0 the trained student still holds the teacher's tensors."""
+    run_dir = tmp_path / "student"
+    metrics = train_in_process(run_dir, f"distill.teacher={teacher_run}",
+                               f"init_from={teacher_run}", "attention=linformer",
+                               "optim.lr=1e-12")
+    assert metrics["status"] == "ok", metrics["error"]
+    notes = read_metrics(run_dir)["notes"]
+    assert any("distilled from full" in n for n in notes), notes
+    assert any("init_from" in n and "loaded" in n for n in notes), notes
+    teacher = torch.load(next((teacher_run / "checkpoints").glob("best*.ckpt")),
+                         weights_only=False)["state_dict"]
+    student = torch.load(next((run_dir / "checkpoints").glob("best*.ckpt")),
+                         weights_only=False)["state_dict"]
+    shared = [k for k in teacher if k.startswith("model.") and not k.startswith("model.head")]
+    assert shared and all(k in student for k in shared)
+    for k in shared:
+        torch.testing.assert_close(student[k], teacher[k], rtol=0, atol=1e-6, msg=k)
+    assert any("proj_k" in k for k in student)  # linformer's own E projection, fresh
