@@ -8,14 +8,14 @@
 #                                 conv_long|conv_distill|conv_distill_long|
 #                                 conv_distill_longformer|lr_probe|conv_pretrain30|conv_long30|
 #                                 distill_backends|distill_linear_seeds|distill_linear_t4|
-#                                 distill_init_teacher|conv_long30_seeds|tables]...
-#                                 (default: all)
+#                                 distill_init_teacher|conv_long30_seeds|conv_transfer30|
+#                                 tables]...   (default: all)
 # About 30 minutes of an idle 2-core CPU for the first five (pretraining 1 epoch ~5 min, 18
 # classifier runs of ~70 s); the 10-epoch pretraining adds ~50 min and 9 runs; the conv_* steps
 # ~40 min (pretraining ~10 min, 15 runs of 2 epochs ~30 s each, 9 runs of 10 epochs ~2 min);
 # lr_probe ~15 min, conv_pretrain30 ~35 min, conv_long30 ~6 min, distill_backends ~15 min (24
-# runs of 2 epochs), distill_linear_seeds ~10 min (21 runs),
-# distill_linear_t4 ~6 min, distill_init_teacher ~15 min (26 runs), conv_long30_seeds ~15 min.
+# runs of 2 epochs), distill_linear_seeds ~10 min (21 runs), distill_linear_t4 ~6 min,
+# distill_init_teacher ~15 min (26 runs), conv_long30_seeds ~15 min, conv_transfer30 ~20 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -26,7 +26,8 @@ steps=("$@")
                                   conv_pretrain conv_scratch conv_finetune conv_long conv_distill
                                   conv_distill_long conv_distill_longformer lr_probe conv_pretrain30
                                   conv_long30 distill_backends distill_linear_seeds
-                                  distill_linear_t4 distill_init_teacher conv_long30_seeds tables)
+                                  distill_linear_t4 distill_init_teacher conv_long30_seeds
+                                  conv_transfer30 tables)
 train() { "$PY" -m attention_arena.train experiment=cheaper_bytes "$@"; }
 conv5() { train model.embedding_conv=5 "$@"; }
 # distil_conv5 BACKEND SEED PREFIX [overrides]: a BACKEND + conv5 student taught by the full + conv5
@@ -194,6 +195,17 @@ for step in "${steps[@]}"; do
     done ;;
   conv_long30_seeds)  # seeds 3 and 4 of conv_long30 and of the 540-step runs from scratch
     for s in 3 4; do long540 extra_ init30 pretrain30_conv5_full_L512_s0 $s; done ;;
+  conv_transfer30)  # the 30-epoch full + conv encoder fine-tuned for 108 steps, and with
+    # longformer and linformer attention for 540 steps
+    for s in "${SEEDS[@]}"; do
+      conv5 attention=full seed=$s init_from=$R/pretrain/pretrain30_conv5_full_L512_s0 \
+        hydra.run.dir=$R/pretrain/init30_conv5_full_L512_s$s
+      for a in longformer linformer; do
+        conv5 attention=$a seed=$s trainer.max_epochs=10 \
+          init_from=$R/pretrain/pretrain30_conv5_full_L512_s0 \
+          hydra.run.dir=$R/pretrain/long_init30_conv5_${a}_L512_s$s
+      done
+    done ;;
   tables)
     "$PY" experiments/cheaper_tables.py --results $R ;;
   *) echo "unknown step $step (see the usage line at the top)" >&2; exit 2 ;;

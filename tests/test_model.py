@@ -263,6 +263,7 @@ def test_epoch_seeded_shuffle_depends_only_on_seed_and_epoch():
 
 
 def test_peak_memory_is_reset_per_job():
+    import mmap
     import sys
 
     import pytest
@@ -273,11 +274,16 @@ def test_peak_memory_is_reset_per_job():
     if not sys.platform.startswith("linux") or not reset_peak_rss():
         pytest.skip("this kernel refuses or ignores /proc/self/clear_refs (the fake-proc test "
                     "below covers the check)")
+    size, page = 64 * 2**20, mmap.PAGESIZE
     reset_peak_memory()
     before = peak_memory_mb()
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    # 64 MiB of new pages, touched: a fresh mapping, since a malloc'd tensor may reuse free heap
+    # pages that earlier tests left resident, and then the RSS does not grow
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, page):
+        block[offset] = 1
     during = peak_memory_mb()
-    del block
+    block.close()
     reset_peak_memory()
     after = peak_memory_mb()
     assert during >= before + 48
