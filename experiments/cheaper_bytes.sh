@@ -30,8 +30,6 @@ steps=("$@")
                                   conv_transfer30 tables)
 train() { "$PY" -m attention_arena.train experiment=cheaper_bytes "$@"; }
 conv5() { train model.embedding_conv=5 "$@"; }
-# distil_conv5 BACKEND SEED PREFIX [overrides]: a BACKEND + conv5 student taught by the full + conv5
-# model of SEED fine-tuned from the convolutional pretraining (PREFIX long_: the 540-step one)
 # long540 PREFIX NAME PRETRAIN SEED: 540 steps (10 epochs) of full from scratch, without and with
 # the convolution, and of full + conv fine-tuned from the pretraining run PRETRAIN (as NAME)
 long540() {
@@ -49,6 +47,15 @@ teacher() {
   if [ "$1" -ge 3 ]; then echo $R/pretrain/extra_init10_full_L512_s$1
   else echo $R/pretrain/init10_full_L512_s$1; fi
 }
+# distil10 BACKEND SEED NAME [overrides]: a BACKEND student of seed SEED taught by teacher SEED
+# (alpha 0.9, temperature $TEMP or 2), in results/distill/NAME
+distil10() {
+  local a=$1 s=$2 name=$3; shift 3
+  train attention=$a seed=$s distill.teacher=$(teacher $s) distill.alpha=0.9 \
+    distill.temperature=${TEMP:-2.0} "$@" hydra.run.dir=$R/distill/$name
+}
+# distil_conv5 BACKEND SEED PREFIX [overrides]: a BACKEND + conv5 student taught by the full + conv5
+# model of SEED fine-tuned from the convolutional pretraining (PREFIX long_: the 540-step one)
 distil_conv5() {
   local a=$1 s=$2 p=$3; shift 3
   conv5 attention=$a seed=$s "$@" distill.teacher=$R/pretrain/${p}init_conv5_full_L512_s$s \
@@ -101,11 +108,7 @@ for step in "${steps[@]}"; do
         hydra.run.dir=$R/pretrain/init10_${a}_L512_s$s
     done; done ;;
   distill10)  # linformer students of the full models fine-tuned from it (alpha 0.9)
-    for s in "${SEEDS[@]}"; do
-      train attention=linformer seed=$s distill.teacher=$R/pretrain/init10_full_L512_s$s \
-        distill.alpha=0.9 distill.temperature=2.0 \
-        hydra.run.dir=$R/distill/student10_a09_linformer_L512_s$s
-    done ;;
+    for s in "${SEEDS[@]}"; do distil10 linformer $s student10_a09_linformer_L512_s$s; done ;;
   conv_pretrain)  # the model with a depthwise convolution on its embeddings (kernel 5), which
     # learns which bytes are neighbours; masked-byte pretraining for 10 epochs (2,590 steps)
     "$PY" -m attention_arena.pretrain experiment=pretrain_bytes attention=full seed=0 \
@@ -163,9 +166,7 @@ for step in "${steps[@]}"; do
     # the 10-epoch pretraining, alpha 0.9, temperature 2)
     for a in performer linear nystrom bigbird; do for s in "${SEEDS[@]}"; do
       train attention=$a seed=$s hydra.run.dir=$R/pretrain/scratch_${a}_L512_s$s
-      train attention=$a seed=$s distill.teacher=$R/pretrain/init10_full_L512_s$s \
-        distill.alpha=0.9 distill.temperature=2.0 \
-        hydra.run.dir=$R/distill/student10_a09_${a}_L512_s$s
+      distil10 $a $s student10_a09_${a}_L512_s$s
     done; done ;;
   distill_linear_seeds)  # seeds 3 to 9 of the linear students (and of their teachers), in
     # extra_* directories so that the 3-seed rows keep seeds 0-2
@@ -173,24 +174,20 @@ for step in "${steps[@]}"; do
       train attention=full seed=$s init_from=$R/pretrain/pretrain10_full_L512_s0 \
         hydra.run.dir=$R/pretrain/extra_init10_full_L512_s$s
       train attention=linear seed=$s hydra.run.dir=$R/pretrain/extra_scratch_linear_L512_s$s
-      train attention=linear seed=$s distill.teacher=$R/pretrain/extra_init10_full_L512_s$s \
-        distill.alpha=0.9 distill.temperature=2.0 \
-        hydra.run.dir=$R/distill/extra_student10_a09_linear_L512_s$s
+      distil10 linear $s extra_student10_a09_linear_L512_s$s
     done ;;
   distill_linear_t4)  # the linear students of seeds 0-9 at temperature 4 instead of 2
     for s in 0 1 2 3 4 5 6 7 8 9; do
-      train attention=linear seed=$s distill.teacher=$(teacher $s) distill.alpha=0.9 \
-        distill.temperature=4.0 hydra.run.dir=$R/distill/student10_a09_t4_linear_L512_s$s
+      TEMP=4.0 distil10 linear $s student10_a09_t4_linear_L512_s$s
     done ;;
   distill_init_teacher)  # DistilBERT's initialisation: the student starts from its teacher's
     # weights (init_from; cross-backend, the head fresh), without and with the soft targets
     for a in linear linformer; do
       seeds=(0 1 2 3 4 5 6 7 8 9); [ $a = linformer ] && seeds=("${SEEDS[@]}")
       for s in "${seeds[@]}"; do
-        t=$(teacher $s)
-        train attention=$a seed=$s init_from=$t hydra.run.dir=$R/pretrain/initteacher_${a}_L512_s$s
-        train attention=$a seed=$s init_from=$t distill.teacher=$t distill.alpha=0.9 \
-          distill.temperature=2.0 hydra.run.dir=$R/distill/student10_a09_initteacher_${a}_L512_s$s
+        train attention=$a seed=$s init_from=$(teacher $s) \
+          hydra.run.dir=$R/pretrain/initteacher_${a}_L512_s$s
+        distil10 $a $s student10_a09_initteacher_${a}_L512_s$s init_from=$(teacher $s)
       done
     done ;;
   conv_long30_seeds)  # seeds 3 and 4 of conv_long30 and of the 540-step runs from scratch

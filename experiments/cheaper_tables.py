@@ -58,6 +58,14 @@ def paired(ref: list[dict], other: list[dict]) -> stats.PairedTest:
     return stats.paired_bootstrap(groups)
 
 
+def p_text(test: stats.PairedTest) -> str:
+    return f"{test.p_value:.3g}" if test.p_value >= 0.001 else "<0.001"
+
+
+def interval_text(test: stats.PairedTest) -> str:
+    return f"{100 * test.diff:+.2f} [{100 * test.low:+.2f}, {100 * test.high:+.2f}]"
+
+
 def table(
     results: Path, rows: list[tuple[str, str | tuple[str, ...], str | None]], title: str, note: str
 ) -> dict:
@@ -82,18 +90,17 @@ def table(
             row.update(reference=ref, diff=test.diff, diff_ci=[test.low, test.high],
                        p_value=test.p_value)
             bold = "**" if test.p_value < 0.05 else ""
-            delta = (f"{bold}{100 * test.diff:+.2f} [{100 * test.low:+.2f}, "
-                     f"{100 * test.high:+.2f}]{bold} vs {ref}")
-            p = f"{test.p_value:.3g}" if test.p_value >= 0.001 else "<0.001"
+            delta, p = f"{bold}{interval_text(test)}{bold} vs {ref}", p_text(test)
         lines.append(f"| {label} | {len(runs)} | {fmt(acc)} | {fmt(f1)} | {delta} | {p} | "
                      f"{row['steps']} | {row['wall_time_s']:.0f} |")
         out.append(row)
     lines += ["", note, ""]
-    return {"title": title, "rows": out, "markdown": "\n".join(lines)}
+    return {"title": title, "rows": out, "markdown": "\n".join(lines), "groups": groups}
 
 
 def write(folder: Path, result: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    result.pop("groups")  # the loaded runs, for the caller; the JSON lists their folders
     (folder / "table.md").write_text(result.pop("markdown"))
     (folder / "table.json").write_text(json.dumps(result, indent=2) + "\n")
     print((folder / "table.md").read_text())
@@ -117,8 +124,6 @@ LONG = "full, from scratch, 540 steps"
 LONG5 = LONG + ", seeds 0-4"  # conv_long30_seeds: seeds 3 and 4 added
 T_CONV_LONG = "teacher: full + conv5, self-pretrained 10 epochs, 540 steps"
 S_CONV_LONG = "linformer + conv5, from scratch, 540 steps"
-
-
 L_CONV = "longformer + conv5, from scratch"
 L_CONV_LONG = "longformer + conv5, from scratch, 540 steps"
 S_PLAIN = "linformer, from scratch"
@@ -217,16 +222,14 @@ def main() -> None:
             T_PRE10_10, LIN10),
         "linear, distilled from full self-pretrained 10 epochs (alpha 0.9, temperature 4), "
         "seeds 0-9": ("distill/student10_a09_t4_linear_L512_s*", T_PRE10_10, LIN10),
-        **{row: spec for a, teacher, scratch, tail in (
-            ("linformer", T_PRE10, S_PLAIN, ""), ("linear", T_PRE10_10, LIN10, ", seeds 0-9"))
-           for row, spec in (
-               (f"{a}, initialised from its teacher{tail}",
-                (f"pretrain/initteacher_{a}_L512_s*", teacher, scratch)),
-               (f"{a}, initialised from its teacher and distilled (alpha 0.9){tail}",
-                (f"distill/student10_a09_initteacher_{a}_L512_s*", teacher, scratch,
-                 f"{a}, initialised from its teacher{tail}")))},
     }
-    dis_rows = [
+    for a, teacher, scratch, tail in (("linformer", T_PRE10, S_PLAIN, ""),
+                                      ("linear", T_PRE10_10, LIN10, ", seeds 0-9")):
+        init = f"{a}, initialised from its teacher{tail}"
+        students[init] = (f"pretrain/initteacher_{a}_L512_s*", teacher, scratch)
+        students[f"{a}, initialised from its teacher and distilled (alpha 0.9){tail}"] = (
+            f"distill/student10_a09_initteacher_{a}_L512_s*", teacher, scratch, init)
+    dis = table(r, [
         (T_PRE, "pretrain/init_full_L512_s*", None),
         (T_PRE10, "pretrain/init10_full_L512_s*", None),
         (T_SCRATCH, "bytes_full_512/*_full_L512_s*", None),
@@ -241,17 +244,14 @@ def main() -> None:
         (T_PRE10_10, ("pretrain/init10_full_L512_s*", "pretrain/extra_init10_full_L512_s*"), None),
         (LIN10, ("pretrain/scratch_linear_L512_s*", "pretrain/extra_scratch_linear_L512_s*"), None),
         *((label, pattern, spec[-1]) for label, (pattern, _, *spec) in students.items()),
-    ]
-    dis = table(
-        r, dis_rows,
-        "Distillation: efficient-attention students taught by a full-attention teacher",
+    ], "Distillation: efficient-attention students taught by a full-attention teacher",
         NOTE + " Teacher of seed s: the full run of seed s named in the row; temperature 2 "
         "unless the row says otherwise. "
         "`+ conv5` and `540 steps`: as in the self-pretraining table. `seeds 0-9`: the 3-seed "
         "rows with seeds 3 to 9 added (their teachers fine-tuned from the same pretraining).")
     rows = {row["model"]: row for row in dis["rows"]}
     dis["gap_recovered"] = {}
-    for label, (pattern, teacher, reference, *other) in students.items():
+    for label, (_, teacher, reference, *other) in students.items():
         scratch = rows[reference]["test_acc"]
         gap = rows[teacher]["test_acc"] - scratch
         if gap < 0.01:  # under a point: nothing to recover, no share to report
@@ -263,11 +263,8 @@ def main() -> None:
         dis["gap_recovered"][label] = share
         vs_scratch = ""
         if other:  # its Δ column is against another row: the paired test against scratch here
-            ref_pattern = next(p for lab, p, _ in dis_rows if lab == reference)
-            test = paired(load_group(r, ref_pattern), load_group(r, pattern))
-            p = f"{test.p_value:.3g}" if test.p_value >= 0.001 else "< 0.001"
-            vs_scratch = (f"; against {reference}: {100 * test.diff:+.2f} points "
-                          f"[{100 * test.low:+.2f}, {100 * test.high:+.2f}], p {p}")
+            test = paired(dis["groups"][reference], dis["groups"][label])
+            vs_scratch = f"; against {reference}: {interval_text(test)} points, p {p_text(test)}"
         dis["markdown"] += (f"{label}: share of the student's gap to its teacher ({teacher}) "
                             f"recovered, (distilled − scratch) / (teacher − scratch) = "
                             f"{100 * share:.0f}% (of the mean accuracies){vs_scratch}.\n")

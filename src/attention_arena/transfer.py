@@ -165,13 +165,12 @@ def load_encoder(model: nn.Module, source: Mapping[str, torch.Tensor],
 def check_encoder_shape(run: SavedRun, model_cfg: Mapping[str, Any], role: str) -> None:
     """A clear error before any tensor is touched if ``run``'s width or embedding convolution
     differs from ``model_cfg``."""
-    saved = dict(run.hparams.get("model") or {})
-    diffs = [f"model.{k}: {saved[k]} (source) vs {model_cfg.get(k)} (this run)"
-             for k in ("embed_dim", "num_heads", "ff_dim") if k in saved
-             and k in model_cfg and int(saved[k]) != int(model_cfg[k])]
-    conv = (saved.get("embedding_conv") or None, model_cfg.get("embedding_conv") or None)
-    if conv[0] != conv[1]:
-        diffs.append(f"model.embedding_conv: {conv[0]} (source) vs {conv[1]} (this run)")
+    saved, this = dict(run.hparams.get("model") or {}), dict(model_cfg)
+    for cfg in (saved, this):  # absent (runs from before the option) or 0: no convolution
+        cfg["embedding_conv"] = cfg.get("embedding_conv") or None
+    diffs = [f"model.{k}: {saved[k]} (source) vs {this[k]} (this run)"
+             for k in ("embed_dim", "num_heads", "ff_dim", "embedding_conv")
+             if k in saved and k in this and saved[k] != this[k]]
     if diffs:
         raise TransferError(f"the {role} {run.checkpoint} has another encoder shape "
                             f"({'; '.join(diffs)}); use the same model sizes and options "
